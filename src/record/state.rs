@@ -1,0 +1,102 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Check, DataType, RecordError, RecordLimits, wire_enum};
+
+wire_enum! {
+    /// A monitor's health state. Closed: only 0–3 pass validation.
+    pub struct HealthState;
+    closed = true;
+    /// 0: Uninitialized.
+    UNINITIALIZED = 0 => "Uninitialized";
+    /// 1: Success.
+    SUCCESS = 1 => "Success";
+    /// 2: Warning.
+    WARNING = 2 => "Warning";
+    /// 3: Error.
+    ERROR = 3 => "Error";
+}
+
+/// A change of a monitor's health state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `StateChangeEventId`.
+    #[serde(rename = "StateChangeEventId")]
+    pub state_change_event_id: Uuid,
+    /// `StateId`.
+    #[serde(rename = "StateId")]
+    pub state_id: Uuid,
+    /// `NewHealthState`.
+    #[serde(rename = "NewHealthState")]
+    pub new_health_state: HealthState,
+    /// `OldHealthState`.
+    #[serde(rename = "OldHealthState")]
+    pub old_health_state: HealthState,
+    /// `Context`: XML text, at most the field size limit (32 KiB).
+    #[serde(rename = "Context")]
+    pub context: String,
+    /// `TimeGenerated`.
+    #[serde(rename = "TimeGenerated")]
+    pub time_generated: DateTime<Utc>,
+    /// `TimeAdded`.
+    #[serde(rename = "TimeAdded")]
+    pub time_added: DateTime<Utc>,
+    /// `StateId2`.
+    #[serde(rename = "StateId2")]
+    pub state_id2: Uuid,
+    /// `BaseManagedEntityId`.
+    #[serde(rename = "BaseManagedEntityId")]
+    pub base_managed_entity_id: Uuid,
+    /// `MonitorId`.
+    #[serde(rename = "MonitorId")]
+    pub monitor_id: Uuid,
+    /// `HealthState`: the monitor's current state.
+    #[serde(rename = "HealthState")]
+    pub health_state: HealthState,
+    /// `LastModified`.
+    #[serde(rename = "LastModified")]
+    pub last_modified: DateTime<Utc>,
+    /// `LastGreenAlertGenerated`.
+    #[serde(
+        rename = "LastGreenAlertGenerated",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_green_alert_generated: Option<DateTime<Utc>>,
+    /// `DatabaseTimeModified`.
+    #[serde(rename = "DatabaseTimeModified")]
+    pub database_time_modified: DateTime<Utc>,
+}
+
+impl State {
+    /// Checks the record against the schema's limits; see [`crate::Record::validate`].
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError::UndefinedValue`] for a health state outside 0–3,
+    /// [`RecordError::FieldTooLarge`] for a `Context` over the field limit,
+    /// [`RecordError::TimeOutOfRange`] for a time outside 0000–9999.
+    pub fn validate(&self, limits: &RecordLimits) -> Result<(), RecordError> {
+        let c = Check {
+            data_type: DataType::State,
+            limits,
+        };
+        let s = self.new_health_state;
+        c.defined("NewHealthState", s.0, s.is_valid())?;
+        let s = self.old_health_state;
+        c.defined("OldHealthState", s.0, s.is_valid())?;
+        c.large("Context", &self.context)?;
+        c.time("TimeGenerated", &self.time_generated)?;
+        c.time("TimeAdded", &self.time_added)?;
+        let s = self.health_state;
+        c.defined("HealthState", s.0, s.is_valid())?;
+        c.time("LastModified", &self.last_modified)?;
+        c.opt_time(
+            "LastGreenAlertGenerated",
+            self.last_green_alert_generated.as_ref(),
+        )?;
+        c.time("DatabaseTimeModified", &self.database_time_modified)
+    }
+}
