@@ -107,32 +107,36 @@ pub struct Alert {
     )]
     pub resolved_by: Option<String>,
     /// `TimeRaised`.
-    #[serde(rename = "TimeRaised")]
+    #[serde(rename = "TimeRaised", with = "super::rfc3339")]
     pub time_raised: DateTime<Utc>,
     /// `TimeAdded`: when the alert was added to the database.
-    #[serde(rename = "TimeAdded")]
+    #[serde(rename = "TimeAdded", with = "super::rfc3339")]
     pub time_added: DateTime<Utc>,
     /// `LastModified`.
-    #[serde(rename = "LastModified")]
+    #[serde(rename = "LastModified", with = "super::rfc3339")]
     pub last_modified: DateTime<Utc>,
     /// `LastModifiedBy`, at most 255 characters.
     #[serde(rename = "LastModifiedBy")]
     pub last_modified_by: String,
     /// `LastModifiedExceptRepeatCount`.
-    #[serde(rename = "LastModifiedExceptRepeatCount")]
+    #[serde(rename = "LastModifiedExceptRepeatCount", with = "super::rfc3339")]
     pub last_modified_except_repeat_count: DateTime<Utc>,
     /// `TimeResolved`: not earlier than `TimeRaised`.
     #[serde(
         rename = "TimeResolved",
         default,
+        with = "super::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub time_resolved: Option<DateTime<Utc>>,
     /// `TimeResolutionStateLastModified`.
-    #[serde(rename = "TimeResolutionStateLastModified")]
+    #[serde(rename = "TimeResolutionStateLastModified", with = "super::rfc3339")]
     pub time_resolution_state_last_modified: DateTime<Utc>,
     /// `TimeResolutionStateLastModifiedInDB`.
-    #[serde(rename = "TimeResolutionStateLastModifiedInDB")]
+    #[serde(
+        rename = "TimeResolutionStateLastModifiedInDB",
+        with = "super::rfc3339"
+    )]
     pub time_resolution_state_last_modified_in_db: DateTime<Utc>,
     /// `RepeatCount`: how often the alert repeated; not negative.
     #[serde(rename = "RepeatCount")]

@@ -27,7 +27,7 @@ pub struct Configuration {
     #[serde(rename = "CurrentValue")]
     pub current_value: String,
     /// `ChangeDate`.
-    #[serde(rename = "ChangeDate")]
+    #[serde(rename = "ChangeDate", with = "super::rfc3339")]
     pub change_date: DateTime<Utc>,
 }
 

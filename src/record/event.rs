@@ -199,10 +199,10 @@ pub struct Event {
     #[serde(rename = "EventParameters")]
     pub event_parameters: Vec<String>,
     /// `TimeGenerated`.
-    #[serde(rename = "TimeGenerated")]
+    #[serde(rename = "TimeGenerated", with = "super::rfc3339")]
     pub time_generated: DateTime<Utc>,
     /// `TimeAdded`.
-    #[serde(rename = "TimeAdded")]
+    #[serde(rename = "TimeAdded", with = "super::rfc3339")]
     pub time_added: DateTime<Utc>,
     /// Custom fields, written into the same JSON object.
     #[serde(flatten)]

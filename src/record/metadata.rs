@@ -78,6 +78,7 @@ pub struct Metadata {
     #[serde(
         rename = "LastInventoryDate",
         default,
+        with = "super::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub last_inventory_date: Option<DateTime<Utc>>,

@@ -12,6 +12,7 @@ mod configuration;
 mod event;
 mod metadata;
 mod performance;
+mod rfc3339;
 mod state;
 
 use std::borrow::Cow;

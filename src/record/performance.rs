@@ -28,10 +28,10 @@ pub struct Performance {
     #[serde(rename = "SampleValue")]
     pub sample_value: f64,
     /// `TimeSampled`.
-    #[serde(rename = "TimeSampled")]
+    #[serde(rename = "TimeSampled", with = "super::rfc3339")]
     pub time_sampled: DateTime<Utc>,
     /// `TimeAdded`.
-    #[serde(rename = "TimeAdded")]
+    #[serde(rename = "TimeAdded", with = "super::rfc3339")]
     pub time_added: DateTime<Utc>,
 }
 

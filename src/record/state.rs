@@ -38,10 +38,10 @@ pub struct State {
     #[serde(rename = "Context")]
     pub context: String,
     /// `TimeGenerated`.
-    #[serde(rename = "TimeGenerated")]
+    #[serde(rename = "TimeGenerated", with = "super::rfc3339")]
     pub time_generated: DateTime<Utc>,
     /// `TimeAdded`.
-    #[serde(rename = "TimeAdded")]
+    #[serde(rename = "TimeAdded", with = "super::rfc3339")]
     pub time_added: DateTime<Utc>,
     /// `StateId2`.
     #[serde(rename = "StateId2")]
@@ -56,17 +56,18 @@ pub struct State {
     #[serde(rename = "HealthState")]
     pub health_state: HealthState,
     /// `LastModified`.
-    #[serde(rename = "LastModified")]
+    #[serde(rename = "LastModified", with = "super::rfc3339")]
     pub last_modified: DateTime<Utc>,
     /// `LastGreenAlertGenerated`.
     #[serde(
         rename = "LastGreenAlertGenerated",
         default,
+        with = "super::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub last_green_alert_generated: Option<DateTime<Utc>>,
     /// `DatabaseTimeModified`.
-    #[serde(rename = "DatabaseTimeModified")]
+    #[serde(rename = "DatabaseTimeModified", with = "super::rfc3339")]
     pub database_time_modified: DateTime<Utc>,
 }
 
