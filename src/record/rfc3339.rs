@@ -48,9 +48,9 @@ fn format(t: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
     let mut len = 19;
     let (value, digits) = if nanos == 0 {
         (0, 0)
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         (nanos / 1_000_000, 3)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         (nanos / 1_000, 6)
     } else {
         (nanos, 9)
