@@ -67,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 // The README's Rust examples run as doctests.
@@ -77,6 +78,12 @@ mod record;
 mod solution;
 mod tenant;
 
+pub use frame::{
+    BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,
+    FIXED_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, Frame, FrameDecoder, FrameEncoder, FrameError,
+    FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
+    UNSEALED_OVERHEAD,
+};
 pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
     Event, HealthState, Metadata, NameProblem, Performance, Record, RecordError, RecordLimits,
