@@ -26,3 +26,56 @@ pub fn record_json(data: &[u8]) {
         Err(e) => panic!("a valid record failed to parse back: {e}"),
     }
 }
+
+/// The frame decoder on arbitrary bytes in arbitrary chunking, with small
+/// limits. The first two bytes choose the chunk sizes; the rest is the input.
+/// Checks: no panic; every frame yielded re-reads identically on its own and
+/// lies within the input; the decoder's buffer stays within one frame plus
+/// one chunk; records decode (or fail) without exceeding the limits.
+pub fn frame_decoder(data: &[u8]) {
+    use crate::frame::{Decoded, Frame, FrameDecoder, FrameLimits, PayloadReader};
+
+    let Some((&[a, b], input)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let chunk_sizes = [usize::from(a) + 1, usize::from(b) * 16 + 1];
+    let limits = FrameLimits::default()
+        .with_max_body(64 << 10)
+        .and_then(|l| l.with_max_content(256 << 10))
+        .and_then(|l| l.with_max_records(512))
+        .and_then(|l| l.with_max_record_bytes(16 << 10))
+        .expect("nonzero limits");
+    let max_frame = limits.max_body() as usize + 140;
+    let mut decoder = FrameDecoder::new(limits);
+    let mut reader = PayloadReader::new(limits);
+    let mut rest = input;
+    let mut taken = 0usize;
+    let mut sizes = chunk_sizes.iter().cycle();
+    'outer: while !rest.is_empty() {
+        let n = (*sizes.next().expect("cycle")).min(rest.len());
+        decoder.push(&rest[..n]);
+        rest = &rest[n..];
+        assert!(decoder.buffered() <= max_frame + n, "decoder buffered past a frame");
+        loop {
+            match decoder.poll_frame() {
+                Ok(Decoded::Frame(frame)) => {
+                    taken += frame.len();
+                    assert!(taken <= input.len() - rest.len(), "frame beyond the input");
+                    let alone = Frame::decode(frame.as_bytes().clone(), &limits)
+                        .expect("a frame the decoder yields re-reads alone");
+                    assert_eq!(alone, frame);
+                    if let Ok(records) = reader.records(&frame) {
+                        assert_eq!(records.len(), frame.header().record_count as usize);
+                        assert!(records.iter().all(|r| r.data_type() == frame.data_type()));
+                    }
+                }
+                Ok(Decoded::NeedMore(n)) => {
+                    assert!(n >= 1);
+                    break;
+                }
+                Err(_) => break 'outer,
+            }
+        }
+    }
+    let _ = decoder.finish();
+}

@@ -8,7 +8,10 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: &[(&str, Target)] = &[("record_json", opsdata::fuzz::record_json)];
+const TARGETS: &[(&str, Target)] = &[
+    ("record_json", opsdata::fuzz::record_json),
+    ("frame_decoder", opsdata::fuzz::frame_decoder),
+];
 
 #[test]
 fn seed_corpora_replay_cleanly() {

@@ -1,0 +1,273 @@
+//! Frame encode and decode throughput for 1 MiB batches of Performance
+//! records, side by side with the raw parts on the same bytes, all in MB/s
+//! of the uncompressed JSON Lines payload.
+//!
+//! - `frame_encode_1MiB`: `serialize` (records to JSON Lines), `compress_l1`
+//!   (raw DEFLATE level 1 of that payload) and `frame_encode`
+//!   ([`FrameEncoder::encode`]: validate, serialize, compress, header, CRCs).
+//! - `frame_decode_1MiB`: `inflate` (raw inflate of the level-1 body),
+//!   `parse` (`Record::from_json` of each line, collected into a `Vec`) and
+//!   `frame_decode` ([`FrameDecoder`] push + poll, then
+//!   [`PayloadReader::records`]).
+//! - `deflate_levels_1MiB`: raw DEFLATE alone at levels 1, 3, 6 and 9; the
+//!   compressed size and ratio of each level are printed once to stderr.
+//!
+//! The goal: framing adds at most 10 % to serialize + compress (encode) and
+//! to inflate + parse (decode).
+//!
+//! `cargo bench --bench frame`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use opsdata::{
+    BatchId, DataType, Decoded, FrameDecoder, FrameEncoder, FrameLimits, PayloadReader,
+    Performance, Record, Tagged, TenantBatch, TenantId,
+};
+use uuid::Uuid;
+
+/// The payload stays just below this many bytes.
+const TARGET: usize = 1 << 20;
+
+const OBJECTS: [(&str, &[&str], &[&str]); 4] = [
+    (
+        "Processor",
+        &["% Processor Time", "% Privileged Time", "% User Time"],
+        &["_Total", "0", "1", "2", "3"],
+    ),
+    (
+        "Memory",
+        &["Available MBytes", "Pages/sec", "% Committed Bytes In Use"],
+        &[""],
+    ),
+    (
+        "LogicalDisk",
+        &[
+            "Avg. Disk sec/Transfer",
+            "Disk Reads/sec",
+            "Disk Writes/sec",
+            "% Free Space",
+        ],
+        &["_Total", "C:", "D:", "HarddiskVolume1"],
+    ),
+    (
+        "Network Interface",
+        &["Bytes Received/sec", "Bytes Sent/sec"],
+        &[
+            "Intel[R] Ethernet Connection I219-LM",
+            "Microsoft Hyper-V Network Adapter",
+        ],
+    ),
+];
+
+/// Performance records whose JSON Lines payload is just below [`TARGET`],
+/// with that payload.
+fn performance_records() -> (Vec<Record>, Vec<u8>) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    let mut records = Vec::new();
+    let mut payload = Vec::with_capacity(TARGET);
+    let mut line = Vec::new();
+    for i in 0u32.. {
+        let (object, counters, instances) = OBJECTS[i as usize % OBJECTS.len()];
+        let n = (i as usize) / OBJECTS.len();
+        let sampled = t0 + chrono::Duration::milliseconds(i64::from(i) * 250 + i64::from(i % 7));
+        let record = Record::from(Performance {
+            object_name: object.into(),
+            counter_name: counters[n % counters.len()].into(),
+            perfmon_instance_name: instances[n % instances.len()].into(),
+            performance_data_id: Uuid::from_u128(
+                0x0193_5a1e_7c00_7000_8000_0000_0000_0000 | u128::from(i),
+            ),
+            performance_source_internal_id: 1000 + (i % 37) as i32,
+            sample_value: f64::from(i.wrapping_mul(2_654_435_761) % 100_000) / 977.0,
+            time_sampled: sampled,
+            time_added: sampled + chrono::Duration::milliseconds(1500 + i64::from(i % 113)),
+        });
+        line.clear();
+        record.write_json(&mut line);
+        line.push(b'\n');
+        if payload.len() + line.len() >= TARGET {
+            break;
+        }
+        payload.extend_from_slice(&line);
+        records.push(record);
+    }
+    (records, payload)
+}
+
+/// Raw DEFLATE of `data` into `out` (cleared first), reusing `c`.
+fn deflate_into(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) {
+    c.reset();
+    out.clear();
+    out.reserve(data.len() + data.len() / 1000 + 64);
+    loop {
+        let done = usize::try_from(c.total_in()).unwrap();
+        let status = c
+            .compress_vec(&data[done..], out, FlushCompress::Finish)
+            .unwrap();
+        if status == Status::StreamEnd {
+            return;
+        }
+        out.reserve(4096);
+    }
+}
+
+/// Raw inflate of `body` into `out` (cleared first), reusing `d`; `len` is
+/// the size of the inflated data.
+fn inflate_into(d: &mut Decompress, body: &[u8], len: usize, out: &mut Vec<u8>) {
+    d.reset(false);
+    out.clear();
+    out.reserve(len + 1);
+    let status = d
+        .decompress_vec(body, out, FlushDecompress::Finish)
+        .unwrap();
+    assert_eq!(status, Status::StreamEnd);
+    assert_eq!(out.len(), len);
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, payload_len: usize) {
+    group.sample_size(30);
+    group.measurement_time(Duration::from_secs(4));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Bytes(payload_len as u64));
+}
+
+fn bench_frame(c: &mut Criterion) {
+    let (records, payload) = performance_records();
+    let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+    let mut batch = TenantBatch::new(tenant, DataType::Performance);
+    for r in &records {
+        batch.push(Tagged::new(tenant, r.clone())).unwrap();
+    }
+    let batch_id = BatchId::from_random_bytes([0x5a; 16]);
+    let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 15, 0).unwrap();
+    let n = records.len();
+    let avg = payload.len() / n;
+    eprintln!(
+        "frame bench: {n} Performance records, {} payload bytes ({avg} bytes per line)",
+        payload.len()
+    );
+
+    // The level-1 body and a level-1 frame of the same batch, made once.
+    let mut body_l1 = Vec::new();
+    deflate_into(
+        &mut Compress::new(Compression::new(1), false),
+        &payload,
+        &mut body_l1,
+    );
+    let mut frame_bytes = Vec::new();
+    let mut encoder = FrameEncoder::new().with_level(1).unwrap();
+    let header = encoder
+        .encode(&batch, batch_id, now, &mut frame_bytes)
+        .unwrap();
+    assert_eq!(header.content_len as usize, payload.len());
+    assert_eq!(header.record_count as usize, n);
+    eprintln!(
+        "frame bench: level-1 frame {} bytes (raw level-1 body {} bytes)",
+        frame_bytes.len(),
+        body_l1.len()
+    );
+
+    // Encode.
+    {
+        let mut g = c.benchmark_group("frame_encode_1MiB");
+        configure(&mut g, payload.len());
+        let mut out = Vec::with_capacity(payload.len());
+        g.bench_function("serialize", |b| {
+            b.iter(|| {
+                out.clear();
+                for r in &records {
+                    r.write_json(&mut out);
+                    out.push(b'\n');
+                }
+                black_box(out.len())
+            })
+        });
+        assert_eq!(out, payload);
+        let mut comp = Compress::new(Compression::new(1), false);
+        let mut out = Vec::new();
+        g.bench_function("compress_l1", |b| {
+            b.iter(|| {
+                deflate_into(&mut comp, black_box(&payload), &mut out);
+                black_box(out.len())
+            })
+        });
+        let mut out = Vec::new();
+        g.bench_function("frame_encode", |b| {
+            b.iter(|| {
+                out.clear();
+                let h = encoder
+                    .encode(black_box(&batch), batch_id, now, &mut out)
+                    .unwrap();
+                black_box(h.body_len)
+            })
+        });
+        g.finish();
+    }
+
+    // Decode.
+    {
+        let mut g = c.benchmark_group("frame_decode_1MiB");
+        configure(&mut g, payload.len());
+        let mut inflater = Decompress::new(false);
+        let mut out = Vec::new();
+        g.bench_function("inflate", |b| {
+            b.iter(|| {
+                inflate_into(&mut inflater, black_box(&body_l1), payload.len(), &mut out);
+                black_box(out.len())
+            })
+        });
+        g.bench_function("parse", |b| {
+            b.iter(|| {
+                let mut parsed = Vec::with_capacity(n);
+                for line in black_box(&payload[..payload.len() - 1]).split(|&b| b == b'\n') {
+                    parsed.push(Record::from_json(DataType::Performance, line).unwrap());
+                }
+                black_box(parsed)
+            })
+        });
+        let mut reader = PayloadReader::new(FrameLimits::default());
+        g.bench_function("frame_decode", |b| {
+            b.iter(|| {
+                let mut decoder = FrameDecoder::new(FrameLimits::default());
+                decoder.push(black_box(&frame_bytes));
+                let Decoded::Frame(frame) = decoder.poll_frame().unwrap() else {
+                    panic!("whole frame pushed");
+                };
+                black_box(reader.records(&frame).unwrap())
+            })
+        });
+        g.finish();
+    }
+
+    // DEFLATE levels.
+    {
+        let mut g = c.benchmark_group("deflate_levels_1MiB");
+        configure(&mut g, payload.len());
+        let mut out = Vec::new();
+        for level in [1, 3, 6, 9] {
+            let mut comp = Compress::new(Compression::new(level), false);
+            deflate_into(&mut comp, &payload, &mut out);
+            eprintln!(
+                "deflate level {level}: {} -> {} bytes, ratio {:.2}:1 ({:.1} % of the payload)",
+                payload.len(),
+                out.len(),
+                payload.len() as f64 / out.len() as f64,
+                100.0 * out.len() as f64 / payload.len() as f64
+            );
+            g.bench_function(format!("level_{level}"), |b| {
+                b.iter(|| {
+                    deflate_into(&mut comp, black_box(&payload), &mut out);
+                    black_box(out.len())
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_frame);
+criterion_main!(benches);
