@@ -267,6 +267,81 @@ fn bench_frame(c: &mut Criterion) {
         }
         g.finish();
     }
+
+    // TEMP breakdown.
+    {
+        let mut g = c.benchmark_group("breakdown_1MiB");
+        configure(&mut g, payload.len());
+        let limits = opsdata::RecordLimits::default();
+        let mut comp = Compress::new(Compression::new(1), false);
+        let mut ser = Vec::with_capacity(payload.len());
+        let mut out = Vec::new();
+        g.bench_function("serialize_then_compress", |b| {
+            b.iter(|| {
+                ser.clear();
+                for r in batch.records() {
+                    r.write_json(&mut ser);
+                    ser.push(b'\n');
+                }
+                deflate_into(&mut comp, &ser, &mut out);
+                black_box(out.len())
+            })
+        });
+        g.bench_function("serialize_batch_records", |b| {
+            b.iter(|| {
+                ser.clear();
+                for r in batch.records() {
+                    r.write_json(&mut ser);
+                    ser.push(b'\n');
+                }
+                black_box(ser.len())
+            })
+        });
+        g.bench_function("validate", |b| {
+            b.iter(|| {
+                for r in batch.records() {
+                    r.validate(&limits).unwrap();
+                }
+            })
+        });
+        g.bench_function("crc32_body", |b| {
+            b.iter(|| black_box(crc32fast::hash(black_box(&body_l1))))
+        });
+        g.bench_function("decoder_push_poll", |b| {
+            b.iter(|| {
+                let mut decoder = FrameDecoder::new(FrameLimits::default());
+                decoder.push(black_box(&frame_bytes));
+                let Decoded::Frame(frame) = decoder.poll_frame().unwrap() else {
+                    panic!();
+                };
+                black_box(frame)
+            })
+        });
+        let frame = opsdata::Frame::decode(bytes::Bytes::from(frame_bytes.clone()), &FrameLimits::default()).unwrap();
+        let mut reader = PayloadReader::new(FrameLimits::default());
+        g.bench_function("reader_payload_only", |b| {
+            b.iter(|| black_box(reader.payload(&frame).unwrap().len()))
+        });
+        g.bench_function("reader_records", |b| {
+            b.iter(|| black_box(reader.records(&frame).unwrap()))
+        });
+        g.bench_function("count_newlines", |b| {
+            b.iter(|| black_box(black_box(&payload).iter().filter(|&&b| b == b'\n').count()))
+        });
+        let mut inflater = Decompress::new(false);
+        let mut buf = Vec::new();
+        g.bench_function("inflate_then_parse", |b| {
+            b.iter(|| {
+                inflate_into(&mut inflater, black_box(&body_l1), payload.len(), &mut buf);
+                let mut parsed = Vec::with_capacity(n);
+                for line in buf[..buf.len() - 1].split(|&b| b == b'\n') {
+                    parsed.push(Record::from_json(DataType::Performance, line).unwrap());
+                }
+                black_box(parsed)
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, bench_frame);

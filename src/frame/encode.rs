@@ -426,6 +426,8 @@ impl FrameEncoder {
         out: &mut Vec<u8>,
     ) -> Result<FrameHeader, FrameError> {
         let max_body = self.limits.max_body();
+        // The header keeps milliseconds: return the header as a reader sees it.
+        let created = DateTime::from_timestamp_millis(created.timestamp_millis()).unwrap_or(created);
         // content_len fits: callers checked payload.len() <= max_content (a u32).
         let content_len =
             u32::try_from(payload.len()).map_err(|_| FrameError::ContentTooLarge {
@@ -464,8 +466,7 @@ impl FrameEncoder {
         out[start + FIXED_HEADER_LEN..body_start].copy_from_slice(&header_crc.to_be_bytes());
         let body_crc = crc32fast::hash(&out[body_start..]);
         out.extend_from_slice(&body_crc.to_be_bytes());
-        // The header records the creation time to the millisecond.
-        Ok(FrameHeader::parse(&head).unwrap_or(header))
+        Ok(header)
     }
 
     fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
