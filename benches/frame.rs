@@ -186,7 +186,11 @@ fn bench_frame(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
-        assert_eq!(out, payload);
+        // Empty when a filter skipped the benchmark.
+        assert!(
+            out.is_empty() || out == payload,
+            "serialize wrote other bytes than the payload"
+        );
         let mut comp = Compress::new(Compression::new(1), false);
         let mut out = Vec::new();
         g.bench_function("compress_l1", |b| {

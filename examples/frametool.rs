@@ -55,7 +55,9 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(())
         }
-        _ => Err(Failure::Usage("expected a command: encode or decode".into())),
+        _ => Err(Failure::Usage(
+            "expected a command: encode or decode".into(),
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,10 +79,7 @@ fn main() -> ExitCode {
 }
 
 /// `--name value` options, each at most once.
-fn options<'a>(
-    args: &'a [String],
-    known: &[&str],
-) -> Result<Vec<(&'a str, &'a str)>, Failure> {
+fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Failure> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     let mut it = args.iter();
     while let Some(name) = it.next() {
@@ -229,9 +228,11 @@ fn print_frame(
     let records = if frame.header().sealed {
         None
     } else {
-        Some(reader.records(frame).map_err(|e| {
-            Failure::Data(format!("frame {}: {e}", frame.batch_id()))
-        })?)
+        Some(
+            reader
+                .records(frame)
+                .map_err(|e| Failure::Data(format!("frame {}: {e}", frame.batch_id())))?,
+        )
     };
     let json = FrameJson {
         header: HeaderJson::from(frame.header()),
@@ -247,7 +248,9 @@ fn decode(args: &[String]) -> Result<(), Failure> {
     let limits = FrameLimits::default();
     let mut decoder = FrameDecoder::new(limits);
     if let Some(t) = get(&opts, "--expect-tenant") {
-        let tenant: TenantId = t.parse().map_err(|e: opsdata::TenantError| Failure::Usage(e.to_string()))?;
+        let tenant: TenantId = t
+            .parse()
+            .map_err(|e: opsdata::TenantError| Failure::Usage(e.to_string()))?;
         decoder = decoder.expect_tenant(tenant);
     }
     let mut reader = PayloadReader::new(limits);

@@ -55,7 +55,10 @@ pub fn frame_decoder(data: &[u8]) {
         let n = (*sizes.next().expect("cycle")).min(rest.len());
         decoder.push(&rest[..n]);
         rest = &rest[n..];
-        assert!(decoder.buffered() <= max_frame + n, "decoder buffered past a frame");
+        assert!(
+            decoder.buffered() <= max_frame + n,
+            "decoder buffered past a frame"
+        );
         loop {
             match decoder.poll_frame() {
                 Ok(Decoded::Frame(frame)) => {

@@ -12,8 +12,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use flate2::{Compress, Compression, FlushCompress};
 use opsdata::{
     BatchId, Batcher, BatcherConfig, Codec, DataType, Decoded, Frame, FrameDecoder, FrameEncoder,
-    FrameError, FrameHeader, FrameLimits, PayloadReader, Record, RecordError, RecordLimits,
-    Tagged, TenantBatch, TenantId,
+    FrameError, FrameHeader, FrameLimits, PayloadReader, Record, RecordError, RecordLimits, Tagged,
+    TenantBatch, TenantId,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -79,7 +79,11 @@ fn decode_chunked(
 }
 
 fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
-    decode_chunked(&mut FrameDecoder::new(FrameLimits::default()), bytes, &[usize::MAX])
+    decode_chunked(
+        &mut FrameDecoder::new(FrameLimits::default()),
+        bytes,
+        &[usize::MAX],
+    )
 }
 
 /// Raw frame bytes with correct CRCs, from header bytes and a body, written
@@ -112,7 +116,13 @@ fn header_bytes(codec: u8, content_len: u32, body_len: u32, count: u32) -> [u8; 
 fn deflate(data: &[u8], level: u32) -> Vec<u8> {
     let mut c = Compress::new(Compression::new(level), false);
     let mut out = Vec::with_capacity(data.len() + 1024);
-    while c.compress_vec(&data[c.total_in() as usize..], &mut out, FlushCompress::Finish).unwrap()
+    while c
+        .compress_vec(
+            &data[c.total_in() as usize..],
+            &mut out,
+            FlushCompress::Finish,
+        )
+        .unwrap()
         != flate2::Status::StreamEnd
     {
         out.reserve(1 << 16);
@@ -158,7 +168,9 @@ fn vectors() -> Vec<(String, DataType, Vec<Record>, Codec)> {
     ));
     let three: Vec<Record> = (0..3)
         .map(|i| {
-            let Record::Performance(mut p) = perf.clone() else { unreachable!() };
+            let Record::Performance(mut p) = perf.clone() else {
+                unreachable!()
+            };
             p.sample_value += f64::from(i);
             p.performance_data_id = Uuid::from_u128(0x42 + i as u128);
             Record::Performance(p)
@@ -218,14 +230,21 @@ fn vectors_decode_to_their_description_and_reencode() {
         // Codec none is fully determined by the spec; DEFLATE bytes depend
         // on the backend, so compare them only with the default one.
         if codec == Codec::None || cfg!(feature = "zlib-rs") {
-            assert_eq!(frame.as_bytes().as_ref(), bytes.as_slice(), "{stem}: re-encoding differs");
+            assert_eq!(
+                frame.as_bytes().as_ref(),
+                bytes.as_slice(),
+                "{stem}: re-encoding differs"
+            );
         }
     }
 }
 
 #[test]
 fn unsealed_overhead_is_72_bytes() {
-    let batch = batch_of(DataType::Performance, vec![common::sample(DataType::Performance)]);
+    let batch = batch_of(
+        DataType::Performance,
+        vec![common::sample(DataType::Performance)],
+    );
     let frame = encode(&batch, Codec::None);
     assert_eq!(frame.len(), frame.header().content_len as usize + 72);
     assert_eq!(opsdata::UNSEALED_OVERHEAD, 72);
@@ -304,7 +323,10 @@ proptest! {
 fn truncation_at_every_offset_needs_more() {
     let batch = batch_of(
         DataType::Event,
-        vec![common::sample(DataType::Event), common::sample(DataType::Event)],
+        vec![
+            common::sample(DataType::Event),
+            common::sample(DataType::Event),
+        ],
     );
     for codec in [Codec::Deflate, Codec::None] {
         let frame = encode(&batch, codec);
@@ -314,14 +336,19 @@ fn truncation_at_every_offset_needs_more() {
             d.push(&bytes[..cut]);
             match d.poll_frame() {
                 Ok(Decoded::NeedMore(at_least)) => {
-                    assert!(at_least >= 1 && at_least <= bytes.len() - cut, "cut {cut}: {at_least}")
+                    assert!(
+                        at_least >= 1 && at_least <= bytes.len() - cut,
+                        "cut {cut}: {at_least}"
+                    )
                 }
                 other => panic!("cut {cut}: {other:?}"),
             }
             if cut == 0 {
                 d.finish().unwrap(); // nothing buffered: no frame, no error
             } else {
-                assert!(matches!(d.finish(), Err(FrameError::Truncated { buffered, .. }) if buffered == cut));
+                assert!(
+                    matches!(d.finish(), Err(FrameError::Truncated { buffered, .. }) if buffered == cut)
+                );
             }
             assert!(matches!(
                 Frame::decode(bytes.slice(..cut), &FrameLimits::default()),
@@ -358,17 +385,28 @@ fn err_of(bytes: &[u8]) -> FrameError {
 
 #[test]
 fn magic_fails_on_the_first_wrong_byte() {
-    for (offset, prefix) in [(0usize, &b"X"[..]), (1, b"\x89X"), (2, b"\x89OX"), (3, b"\x89OPX")] {
+    for (offset, prefix) in [
+        (0usize, &b"X"[..]),
+        (1, b"\x89X"),
+        (2, b"\x89OX"),
+        (3, b"\x89OPX"),
+    ] {
         let mut d = FrameDecoder::new(FrameLimits::default());
         d.push(prefix);
         match d.poll_frame() {
-            Err(FrameError::BadMagic { offset: o, found: b'X' }) => assert_eq!(o, offset),
+            Err(FrameError::BadMagic {
+                offset: o,
+                found: b'X',
+            }) => assert_eq!(o, offset),
             other => panic!("{prefix:?}: {other:?}"),
         }
     }
     let mut d = FrameDecoder::new(FrameLimits::default());
     d.push(b"\x89OPS\x02");
-    assert!(matches!(d.poll_frame(), Err(FrameError::UnsupportedVersion { version: 2 })));
+    assert!(matches!(
+        d.poll_frame(),
+        Err(FrameError::UnsupportedVersion { version: 2 })
+    ));
 }
 
 #[test]
@@ -380,7 +418,10 @@ fn header_crc_is_checked_before_any_field() {
     assert!(matches!(err_of(&bytes), FrameError::HeaderCrc { .. }));
     // With a good CRC the codec is what fails.
     h[6] = 9;
-    assert!(matches!(err_of(&raw_frame(&h, &[])), FrameError::UnknownCodec { codec: 9 }));
+    assert!(matches!(
+        err_of(&raw_frame(&h, &[])),
+        FrameError::UnknownCodec { codec: 9 }
+    ));
 }
 
 #[test]
@@ -399,15 +440,24 @@ fn each_header_field_error() {
     }
     let mut h = header_bytes(0, 0, 0, 0);
     h[16..32].fill(0);
-    assert!(matches!(err_of(&raw_frame(&h, &[])), FrameError::NilId { field: "tenant_id" }));
+    assert!(matches!(
+        err_of(&raw_frame(&h, &[])),
+        FrameError::NilId { field: "tenant_id" }
+    ));
     let mut h = header_bytes(0, 0, 0, 0);
     h[32..48].fill(0);
-    assert!(matches!(err_of(&raw_frame(&h, &[])), FrameError::NilId { field: "batch_id" }));
+    assert!(matches!(
+        err_of(&raw_frame(&h, &[])),
+        FrameError::NilId { field: "batch_id" }
+    ));
 }
 
 #[test]
 fn wrong_tenant_is_refused_before_the_body_arrives() {
-    let frame = encode(&batch_of(DataType::Alert, vec![common::sample(DataType::Alert)]), Codec::Deflate);
+    let frame = encode(
+        &batch_of(DataType::Alert, vec![common::sample(DataType::Alert)]),
+        Codec::Deflate,
+    );
     let mut d = FrameDecoder::new(FrameLimits::default()).expect_tenant(other_tenant());
     d.push(&frame.as_bytes()[..68]); // header and its CRC only
     match d.poll_frame() {
@@ -418,7 +468,10 @@ fn wrong_tenant_is_refused_before_the_body_arrives() {
     }
     // The right tenant passes.
     let mut d = FrameDecoder::new(FrameLimits::default()).expect_tenant(tenant());
-    assert_eq!(decode_chunked(&mut d, frame.as_bytes(), &[7]).unwrap(), vec![frame]);
+    assert_eq!(
+        decode_chunked(&mut d, frame.as_bytes(), &[7]).unwrap(),
+        vec![frame]
+    );
 }
 
 #[test]
@@ -429,30 +482,51 @@ fn limits_are_checked_before_the_body_is_buffered() {
     let bytes = raw_frame(&h, &[]);
     let mut d = FrameDecoder::new(limits);
     d.push(&bytes[..68]);
-    assert!(matches!(d.poll_frame(), Err(FrameError::BodyTooLarge { body_len: 4_294_967_295, .. })));
+    assert!(matches!(
+        d.poll_frame(),
+        Err(FrameError::BodyTooLarge {
+            body_len: 4_294_967_295,
+            ..
+        })
+    ));
     assert_eq!(d.buffered(), 0, "a failed decoder frees its buffer");
 
     let h = header_bytes(1, limits.max_content() + 1, 10, 1);
-    assert!(matches!(err_of(&raw_frame(&h, &[0; 10])), FrameError::ContentTooLarge { .. }));
+    assert!(matches!(
+        err_of(&raw_frame(&h, &[0; 10])),
+        FrameError::ContentTooLarge { .. }
+    ));
     let h = header_bytes(1, 10, 10, limits.max_records() + 1);
-    assert!(matches!(err_of(&raw_frame(&h, &[0; 10])), FrameError::TooManyRecords { .. }));
+    assert!(matches!(
+        err_of(&raw_frame(&h, &[0; 10])),
+        FrameError::TooManyRecords { .. }
+    ));
     let h = header_bytes(0, 11, 10, 1);
     assert!(matches!(
         err_of(&raw_frame(&h, &[0; 10])),
-        FrameError::LengthMismatch { body_len: 10, content_len: 11 }
+        FrameError::LengthMismatch {
+            body_len: 10,
+            content_len: 11
+        }
     ));
     // Tighter limits of the caller's choosing apply too.
     let small = FrameLimits::default().with_max_body(16).unwrap();
     let h = header_bytes(0, 17, 17, 1);
     assert!(matches!(
         first_error(&raw_frame(&h, &[b'x'; 17]), FrameDecoder::new(small)),
-        FrameError::BodyTooLarge { body_len: 17, max: 16 }
+        FrameError::BodyTooLarge {
+            body_len: 17,
+            max: 16
+        }
     ));
 }
 
 #[test]
 fn body_crc_and_decoder_stays_failed_until_reset() {
-    let frame = encode(&batch_of(DataType::State, vec![common::sample(DataType::State)]), Codec::Deflate);
+    let frame = encode(
+        &batch_of(DataType::State, vec![common::sample(DataType::State)]),
+        Codec::Deflate,
+    );
     let mut bytes = frame.as_bytes().to_vec();
     let n = bytes.len();
     bytes[n - 1] ^= 1;
@@ -492,17 +566,35 @@ fn inflation_errors() {
     let body = deflate(&payload, 6);
     let records = |f: &Frame| f.records(&FrameLimits::default()).unwrap_err();
 
-    assert_eq!(deflate_frame(&body, n, 4).records(&FrameLimits::default()).unwrap().len(), 4);
-    assert!(matches!(records(&deflate_frame(&body, n - 1, 4)), FrameError::InflateOverflow { .. }));
-    assert!(matches!(records(&deflate_frame(&body, n + 1, 4)), FrameError::InflateShort { .. }));
+    assert_eq!(
+        deflate_frame(&body, n, 4)
+            .records(&FrameLimits::default())
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(matches!(
+        records(&deflate_frame(&body, n - 1, 4)),
+        FrameError::InflateOverflow { .. }
+    ));
+    assert!(matches!(
+        records(&deflate_frame(&body, n + 1, 4)),
+        FrameError::InflateShort { .. }
+    ));
     let mut trailing = body.clone();
     trailing.push(0);
-    assert!(matches!(records(&deflate_frame(&trailing, n, 4)), FrameError::TrailingData { extra: 1 }));
+    assert!(matches!(
+        records(&deflate_frame(&trailing, n, 4)),
+        FrameError::TrailingData { extra: 1 }
+    ));
     assert!(matches!(
         records(&deflate_frame(&body[..body.len() - 3], n, 4)),
         FrameError::InflateStalled { .. }
     ));
-    assert!(matches!(records(&deflate_frame(&[0xfe; 40], n, 4)), FrameError::Corrupt { .. }));
+    assert!(matches!(
+        records(&deflate_frame(&[0xfe; 40], n, 4)),
+        FrameError::Corrupt { .. }
+    ));
 }
 
 #[test]
@@ -513,10 +605,18 @@ fn a_decompression_bomb_is_stopped_at_the_declared_size() {
     assert!(body.len() < FrameLimits::DEFAULT_MAX_BODY as usize);
     let frame = deflate_frame(&body, 1 << 20, 1);
     let mut reader = PayloadReader::new(FrameLimits::default());
-    assert!(matches!(reader.payload(&frame), Err(FrameError::InflateOverflow { content_len: 1_048_576 })));
+    assert!(matches!(
+        reader.payload(&frame),
+        Err(FrameError::InflateOverflow {
+            content_len: 1_048_576
+        })
+    ));
     // A reader with a lower content limit refuses before inflating at all.
     let mut strict = PayloadReader::new(FrameLimits::default().with_max_content(1 << 10).unwrap());
-    assert!(matches!(strict.payload(&frame), Err(FrameError::ContentTooLarge { .. })));
+    assert!(matches!(
+        strict.payload(&frame),
+        Err(FrameError::ContentTooLarge { .. })
+    ));
 }
 
 #[test]
@@ -527,12 +627,22 @@ fn record_errors() {
     let f = deflate_frame(&deflate(&line, 1), n, 2);
     assert!(matches!(
         f.records(&FrameLimits::default()),
-        Err(FrameError::RecordCount { declared: 2, found: 1 })
+        Err(FrameError::RecordCount {
+            declared: 2,
+            found: 1
+        })
     ));
     // A line over the per-record limit.
     let small = FrameLimits::default().with_max_record_bytes(10).unwrap();
     let f = deflate_frame(&deflate(&line, 1), n, 1);
-    assert!(matches!(f.records(&small), Err(FrameError::RecordTooLarge { index: 0, max: 10, .. })));
+    assert!(matches!(
+        f.records(&small),
+        Err(FrameError::RecordTooLarge {
+            index: 0,
+            max: 10,
+            ..
+        })
+    ));
     // A record of another type: the line is parsed as the frame's type and fails.
     let mut alert = Vec::new();
     common::sample(DataType::Alert).write_json(&mut alert);
@@ -541,13 +651,23 @@ fn record_errors() {
     payload.extend_from_slice(&alert);
     let f = deflate_frame(&deflate(&payload, 1), payload.len() as u32, 2);
     match f.records(&FrameLimits::default()) {
-        Err(FrameError::Record { index: 1, source: RecordError::Json { data_type: DataType::Performance, .. } }) => {}
+        Err(FrameError::Record {
+            index: 1,
+            source:
+                RecordError::Json {
+                    data_type: DataType::Performance,
+                    ..
+                },
+        }) => {}
         other => panic!("{other:?}"),
     }
     // Too many records for a stricter reader.
     let strict = FrameLimits::default().with_max_records(1).unwrap();
     let f = deflate_frame(&deflate(&payload, 1), payload.len() as u32, 2);
-    assert!(matches!(f.records(&strict), Err(FrameError::TooManyRecords { count: 2, max: 1 })));
+    assert!(matches!(
+        f.records(&strict),
+        Err(FrameError::TooManyRecords { count: 2, max: 1 })
+    ));
 }
 
 #[test]
@@ -560,12 +680,16 @@ fn sealed_frames_are_carried_but_not_read() {
     seal[4..8].copy_from_slice(&7u32.to_be_bytes());
     head.extend_from_slice(&seal);
     let bytes = raw_frame(&head, b"abc");
-    let frames = decode_chunked(&mut FrameDecoder::new(FrameLimits::default()), &bytes, &[5]).unwrap();
+    let frames =
+        decode_chunked(&mut FrameDecoder::new(FrameLimits::default()), &bytes, &[5]).unwrap();
     let frame = &frames[0];
     assert!(frame.header().sealed);
     assert_eq!(frame.seal().unwrap().0, seal);
     assert_eq!(frame.body(), b"abc");
-    assert!(matches!(frame.records(&FrameLimits::default()), Err(FrameError::Sealed)));
+    assert!(matches!(
+        frame.records(&FrameLimits::default()),
+        Err(FrameError::Sealed)
+    ));
     // A sealed frame's header CRC covers the seal section.
     let mut bad = bytes.clone();
     bad[100] ^= 1;
@@ -577,32 +701,85 @@ fn encoder_refuses_what_readers_would_refuse_and_leaves_out_untouched() {
     let mut out = b"earlier frame".to_vec();
     // An invalid record.
     let mut bad = common::sample(DataType::Performance);
-    let Record::Performance(p) = &mut bad else { unreachable!() };
+    let Record::Performance(p) = &mut bad else {
+        unreachable!()
+    };
     p.sample_value = f64::NAN;
-    let batch = batch_of(DataType::Performance, vec![common::sample(DataType::Performance), bad]);
-    let err = FrameEncoder::new().encode(&batch, batch_id(), created(), &mut out).unwrap_err();
-    assert!(matches!(err, FrameError::Record { index: 1, source: RecordError::NonFinite { .. } }));
+    let batch = batch_of(
+        DataType::Performance,
+        vec![common::sample(DataType::Performance), bad],
+    );
+    let err = FrameEncoder::new()
+        .encode(&batch, batch_id(), created(), &mut out)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        FrameError::Record {
+            index: 1,
+            source: RecordError::NonFinite { .. }
+        }
+    ));
     assert_eq!(out, b"earlier frame");
     // Too many records, too large a record, too large a body.
-    let batch = batch_of(DataType::Performance, vec![common::sample(DataType::Performance); 3]);
+    let batch = batch_of(
+        DataType::Performance,
+        vec![common::sample(DataType::Performance); 3],
+    );
     let limits = FrameLimits::default().with_max_records(2).unwrap();
-    let err = FrameEncoder::new().with_limits(limits).encode(&batch, batch_id(), created(), &mut out);
-    assert!(matches!(err, Err(FrameError::TooManyRecords { count: 3, max: 2 })));
+    let err =
+        FrameEncoder::new()
+            .with_limits(limits)
+            .encode(&batch, batch_id(), created(), &mut out);
+    assert!(matches!(
+        err,
+        Err(FrameError::TooManyRecords { count: 3, max: 2 })
+    ));
     let limits = FrameLimits::default().with_max_record_bytes(50).unwrap();
-    let err = FrameEncoder::new().with_limits(limits).encode(&batch, batch_id(), created(), &mut out);
-    assert!(matches!(err, Err(FrameError::RecordTooLarge { index: 0, max: 50, .. })));
+    let err =
+        FrameEncoder::new()
+            .with_limits(limits)
+            .encode(&batch, batch_id(), created(), &mut out);
+    assert!(matches!(
+        err,
+        Err(FrameError::RecordTooLarge {
+            index: 0,
+            max: 50,
+            ..
+        })
+    ));
     let limits = FrameLimits::default().with_max_body(100).unwrap();
-    let err = FrameEncoder::new().with_codec(Codec::None).with_limits(limits).encode(&batch, batch_id(), created(), &mut out);
-    assert!(matches!(err, Err(FrameError::BodyTooLarge { max: 100, .. })));
+    let err = FrameEncoder::new()
+        .with_codec(Codec::None)
+        .with_limits(limits)
+        .encode(&batch, batch_id(), created(), &mut out);
+    assert!(matches!(
+        err,
+        Err(FrameError::BodyTooLarge { max: 100, .. })
+    ));
     let limits = FrameLimits::default().with_max_content(100).unwrap();
-    let err = FrameEncoder::new().with_limits(limits).encode(&batch, batch_id(), created(), &mut out);
-    assert!(matches!(err, Err(FrameError::ContentTooLarge { max: 100, .. })));
+    let err =
+        FrameEncoder::new()
+            .with_limits(limits)
+            .encode(&batch, batch_id(), created(), &mut out);
+    assert!(matches!(
+        err,
+        Err(FrameError::ContentTooLarge { max: 100, .. })
+    ));
     assert_eq!(out, b"earlier frame");
     // Settings.
-    assert!(matches!(FrameEncoder::new().with_level(10), Err(FrameError::InvalidLimit { setting: "level", value: 10 })));
+    assert!(matches!(
+        FrameEncoder::new().with_level(10),
+        Err(FrameError::InvalidLimit {
+            setting: "level",
+            value: 10
+        })
+    ));
     assert!(FrameLimits::default().with_max_body(0).is_err());
     assert!(BatchId::new(Uuid::nil()).is_err());
-    assert!(matches!("nope".parse::<BatchId>(), Err(FrameError::MalformedId { .. })));
+    assert!(matches!(
+        "nope".parse::<BatchId>(),
+        Err(FrameError::MalformedId { .. })
+    ));
 }
 
 // ---------------------------------------------------------------- batcher
@@ -622,16 +799,29 @@ fn batcher_separates_tenants_and_types_and_closes_on_count() {
     let perf = common::sample(DataType::Performance);
     let alert = common::sample(DataType::Alert);
     b.push(t0(), Tagged::new(tenant(), perf.clone())).unwrap();
-    b.push(t0(), Tagged::new(other_tenant(), perf.clone())).unwrap();
+    b.push(t0(), Tagged::new(other_tenant(), perf.clone()))
+        .unwrap();
     b.push(t0(), Tagged::new(tenant(), alert.clone())).unwrap();
     assert!(b.poll_batch().is_none());
     assert_eq!(b.open_batches(), 3);
     b.push(t0(), Tagged::new(tenant(), perf.clone())).unwrap();
     let closed = drain(&mut b);
     assert_eq!(closed.len(), 1);
-    assert_eq!((closed[0].tenant(), closed[0].data_type(), closed[0].record_count()), (tenant(), DataType::Performance, 2));
-    let frame = FrameEncoder::new().encode_closed_frame(&closed[0], batch_id()).unwrap();
-    assert_eq!(frame.records(&FrameLimits::default()).unwrap(), vec![perf.clone(), perf]);
+    assert_eq!(
+        (
+            closed[0].tenant(),
+            closed[0].data_type(),
+            closed[0].record_count()
+        ),
+        (tenant(), DataType::Performance, 2)
+    );
+    let frame = FrameEncoder::new()
+        .encode_closed_frame(&closed[0], batch_id())
+        .unwrap();
+    assert_eq!(
+        frame.records(&FrameLimits::default()).unwrap(),
+        vec![perf.clone(), perf]
+    );
     b.flush(t0());
     assert_eq!(drain(&mut b).len(), 2);
     assert_eq!(b.open_batches(), 0);
@@ -644,7 +834,11 @@ fn batcher_closes_on_age_and_ignores_time_going_back() {
     let mut b = Batcher::new(BatcherConfig::default(), &FrameLimits::default()).unwrap();
     let perf = common::sample(DataType::Performance);
     b.push(t0(), Tagged::new(tenant(), perf.clone())).unwrap();
-    b.push(t0() + Duration::seconds(4), Tagged::new(tenant(), common::sample(DataType::State))).unwrap();
+    b.push(
+        t0() + Duration::seconds(4),
+        Tagged::new(tenant(), common::sample(DataType::State)),
+    )
+    .unwrap();
     assert_eq!(b.poll_timeout(), Some(t0() + Duration::seconds(10)));
     // Early and repeated timeouts do nothing.
     b.handle_timeout(t0() + Duration::seconds(9));
@@ -674,22 +868,43 @@ fn batcher_refuses_bad_and_oversized_records_and_hands_them_back() {
     let perf = common::sample(DataType::Performance);
     b.push(t0(), Tagged::new(tenant(), perf.clone())).unwrap();
     let mut big = perf.clone();
-    let Record::Performance(p) = &mut big else { unreachable!() };
+    let Record::Performance(p) = &mut big else {
+        unreachable!()
+    };
     p.object_name = "x".repeat(250);
     p.counter_name = "y".repeat(250);
-    let err = b.push(t0(), Tagged::new(tenant(), big.clone())).unwrap_err();
-    assert!(matches!(err.error, FrameError::RecordTooLarge { index: 1, max: 400, .. }));
+    let err = b
+        .push(t0(), Tagged::new(tenant(), big.clone()))
+        .unwrap_err();
+    assert!(matches!(
+        err.error,
+        FrameError::RecordTooLarge {
+            index: 1,
+            max: 400,
+            ..
+        }
+    ));
     assert_eq!(err.record.into_item(), big);
     let mut nan = perf.clone();
-    let Record::Performance(p) = &mut nan else { unreachable!() };
+    let Record::Performance(p) = &mut nan else {
+        unreachable!()
+    };
     p.sample_value = f64::INFINITY;
     let err = b.push(t0(), Tagged::new(tenant(), nan)).unwrap_err();
-    assert!(matches!(err.error, FrameError::Record { index: 1, source: RecordError::NonFinite { .. } }));
+    assert!(matches!(
+        err.error,
+        FrameError::Record {
+            index: 1,
+            source: RecordError::NonFinite { .. }
+        }
+    ));
     // What was accepted is intact.
     b.flush(t0());
     let closed = drain(&mut b);
     assert_eq!(closed.len(), 1);
-    let frame = FrameEncoder::new().encode_closed_frame(&closed[0], batch_id()).unwrap();
+    let frame = FrameEncoder::new()
+        .encode_closed_frame(&closed[0], batch_id())
+        .unwrap();
     assert_eq!(frame.records(&FrameLimits::default()).unwrap(), vec![perf]);
 }
 
@@ -697,12 +912,26 @@ fn batcher_refuses_bad_and_oversized_records_and_hands_them_back() {
 fn batcher_settings_must_fit_the_frame_limits() {
     let limits = FrameLimits::default();
     assert!(BatcherConfig::default().with_max_records(0).is_err());
-    assert!(BatcherConfig::default().with_max_age(Duration::zero()).is_err());
-    assert!(BatcherConfig::default().with_max_age(Duration::days(2)).is_err());
+    assert!(
+        BatcherConfig::default()
+            .with_max_age(Duration::zero())
+            .is_err()
+    );
+    assert!(
+        BatcherConfig::default()
+            .with_max_age(Duration::days(2))
+            .is_err()
+    );
     assert!(BatcherConfig::default().with_max_payload(1000).is_err()); // < max_record_bytes + 1
     // A payload whose worst-case DEFLATE body would pass the body limit.
     let config = BatcherConfig::default().with_max_payload(4 << 20).unwrap();
-    assert!(matches!(Batcher::new(config, &limits), Err(FrameError::InvalidLimit { setting: "max_payload", .. })));
+    assert!(matches!(
+        Batcher::new(config, &limits),
+        Err(FrameError::InvalidLimit {
+            setting: "max_payload",
+            ..
+        })
+    ));
     let config = BatcherConfig::default().with_max_records(70_000).unwrap();
     assert!(Batcher::new(config, &limits).is_err());
 }
@@ -769,10 +998,28 @@ proptest! {
 #[test]
 fn record_limits_are_used_by_encoder_and_batcher() {
     let strict = RecordLimits::default().with_max_field_bytes(4).unwrap();
-    let batch = batch_of(DataType::Performance, vec![common::sample(DataType::Performance)]);
-    let err = FrameEncoder::new().with_record_limits(strict).encode_frame(&batch, batch_id(), created());
-    assert!(matches!(err, Err(FrameError::Record { index: 0, source: RecordError::FieldTooLarge { .. } })));
+    let batch = batch_of(
+        DataType::Performance,
+        vec![common::sample(DataType::Performance)],
+    );
+    let err =
+        FrameEncoder::new()
+            .with_record_limits(strict)
+            .encode_frame(&batch, batch_id(), created());
+    assert!(matches!(
+        err,
+        Err(FrameError::Record {
+            index: 0,
+            source: RecordError::FieldTooLarge { .. }
+        })
+    ));
     let config = BatcherConfig::default().with_record_limits(strict);
     let mut b = Batcher::new(config, &FrameLimits::default()).unwrap();
-    assert!(b.push(t0(), Tagged::new(tenant(), common::sample(DataType::Performance))).is_err());
+    assert!(
+        b.push(
+            t0(),
+            Tagged::new(tenant(), common::sample(DataType::Performance))
+        )
+        .is_err()
+    );
 }

@@ -427,7 +427,8 @@ impl FrameEncoder {
     ) -> Result<FrameHeader, FrameError> {
         let max_body = self.limits.max_body();
         // The header keeps milliseconds: return the header as a reader sees it.
-        let created = DateTime::from_timestamp_millis(created.timestamp_millis()).unwrap_or(created);
+        let created =
+            DateTime::from_timestamp_millis(created.timestamp_millis()).unwrap_or(created);
         // content_len fits: callers checked payload.len() <= max_content (a u32).
         let content_len =
             u32::try_from(payload.len()).map_err(|_| FrameError::ContentTooLarge {
