@@ -181,10 +181,10 @@ impl Default for FrameEncoder {
 }
 
 impl FrameEncoder {
-    /// The default DEFLATE level: 1. On this project's machine level 1
-    /// compresses Performance records about four times as fast as level 6
-    /// for about two thirds of its ratio (see the README's performance
-    /// section); an agent's CPU is the scarcer resource.
+    /// The default DEFLATE level: 1. Measured on 1 MiB of Performance
+    /// records (`cargo bench --bench frame`), level 1 compresses at
+    /// 871 MiB/s to 6.9 : 1, level 3 at 357 MiB/s to 10.0 : 1, level 6 at
+    /// 211 MiB/s to 11.8 : 1: an agent's CPU is the scarcer resource.
     pub const DEFAULT_LEVEL: u32 = 1;
 
     /// An encoder writing DEFLATE at [`FrameEncoder::DEFAULT_LEVEL`], with
