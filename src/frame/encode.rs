@@ -272,19 +272,16 @@ impl FrameEncoder {
             })?;
         let mut payload = std::mem::take(&mut self.payload);
         payload.clear();
+        let meta = Meta {
+            tenant: batch.tenant(),
+            data_type: batch.data_type(),
+            record_count: count,
+            batch_id,
+            created: now,
+        };
         let result = self
             .serialize(batch.records(), &mut payload)
-            .and_then(|()| {
-                self.write(
-                    batch.tenant(),
-                    batch.data_type(),
-                    count,
-                    &payload,
-                    batch_id,
-                    now,
-                    out,
-                )
-            });
+            .and_then(|()| self.write(meta, &payload, out));
         self.payload = payload;
         result
     }
@@ -344,15 +341,14 @@ impl FrameEncoder {
                 max: self.limits.max_content(),
             });
         }
-        self.write(
-            batch.tenant(),
-            batch.data_type(),
-            batch.record_count(),
-            batch.payload(),
+        let meta = Meta {
+            tenant: batch.tenant(),
+            data_type: batch.data_type(),
+            record_count: batch.record_count(),
             batch_id,
-            batch.closed_at(),
-            out,
-        )
+            created: batch.closed_at(),
+        };
+        self.write(meta, batch.payload(), out)
     }
 
     /// Like [`FrameEncoder::encode`], returning a [`Frame`] in a buffer of
@@ -387,44 +383,34 @@ impl FrameEncoder {
         Ok(Frame::from_checked(header, Bytes::from(out)))
     }
 
-    #[allow(clippy::too_many_arguments)] // private; every argument is a header field
+    /// Appends the frame of `payload`; on error `out` is as it was.
     fn write(
         &mut self,
-        tenant: TenantId,
-        data_type: DataType,
-        record_count: u32,
+        meta: Meta,
         payload: &[u8],
-        batch_id: BatchId,
-        created: DateTime<Utc>,
         out: &mut Vec<u8>,
     ) -> Result<FrameHeader, FrameError> {
         let start = out.len();
-        let result = self.write_inner(
-            tenant,
-            data_type,
-            record_count,
-            payload,
-            batch_id,
-            created,
-            out,
-        );
+        let result = self.write_inner(meta, payload, out);
         if result.is_err() {
             out.truncate(start);
         }
         result
     }
 
-    #[allow(clippy::too_many_arguments)] // as `write`
     fn write_inner(
         &mut self,
-        tenant: TenantId,
-        data_type: DataType,
-        record_count: u32,
+        meta: Meta,
         payload: &[u8],
-        batch_id: BatchId,
-        created: DateTime<Utc>,
         out: &mut Vec<u8>,
     ) -> Result<FrameHeader, FrameError> {
+        let Meta {
+            tenant,
+            data_type,
+            record_count,
+            batch_id,
+            created,
+        } = meta;
         let max_body = self.limits.max_body();
         // The header keeps milliseconds: return the header as a reader sees it.
         let created =
@@ -496,4 +482,14 @@ impl FrameEncoder {
             out.reserve(4096);
         }
     }
+}
+
+/// The header fields a batch supplies.
+#[derive(Clone, Copy)]
+struct Meta {
+    tenant: TenantId,
+    data_type: DataType,
+    record_count: u32,
+    batch_id: BatchId,
+    created: DateTime<Utc>,
 }

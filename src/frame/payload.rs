@@ -6,10 +6,12 @@ use crate::record::Record;
 /// Inflates and parses frames' payloads, reusing its inflater and buffer
 /// across frames.
 ///
-/// Inflation writes into a buffer reserved for the frame's declared
-/// `content_len` (already checked against [`FrameLimits::max_content`]) and
-/// fails the moment the stream would produce more: a decompression bomb costs
-/// no more memory than the declared, limited size.
+/// Inflation is bounded by the frame's declared `content_len` (already
+/// checked against [`FrameLimits::max_content`]) and fails the moment the
+/// stream would produce more: a decompression bomb costs no more than the
+/// declared, limited size. [`PayloadReader::records`] inflates 64 KiB at a
+/// time and parses each line as it appears, so it holds one step and at most
+/// one partial record line, never the whole payload.
 ///
 /// ```
 /// # use chrono::{TimeZone, Utc};
@@ -25,14 +27,18 @@ use crate::record::Record;
 pub struct PayloadReader {
     limits: FrameLimits,
     inflater: Decompress,
-    buf: Vec<u8>,
+    /// Where inflation writes, a step at a time.
+    window: Vec<u8>,
+    /// A whole payload, for [`PayloadReader::payload`].
+    payload: Vec<u8>,
 }
 
 impl std::fmt::Debug for PayloadReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PayloadReader")
             .field("limits", &self.limits)
-            .field("buffer_capacity", &self.buf.capacity())
+            .field("window_capacity", &self.window.capacity())
+            .field("payload_capacity", &self.payload.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -44,7 +50,8 @@ impl PayloadReader {
         PayloadReader {
             limits,
             inflater: Decompress::new(false),
-            buf: Vec::new(),
+            window: Vec::new(),
+            payload: Vec::new(),
         }
     }
 
@@ -59,6 +66,32 @@ impl PayloadReader {
     /// [`FrameError::Corrupt`].
     pub fn payload<'a>(&'a mut self, frame: &'a Frame) -> Result<&'a [u8], FrameError> {
         let h = frame.header();
+        self.check(h)?;
+        match h.codec {
+            // A decoded frame with codec none has body_len == content_len.
+            Codec::None => Ok(frame.body()),
+            Codec::Deflate => {
+                let out = &mut self.payload;
+                out.clear();
+                out.reserve_exact(h.content_len as usize);
+                inflate_stream(
+                    &mut self.inflater,
+                    &mut self.window,
+                    frame.body(),
+                    h.content_len,
+                    0,
+                    |bytes| {
+                        out.extend_from_slice(bytes);
+                        Ok(bytes.len())
+                    },
+                )?;
+                Ok(&self.payload)
+            }
+        }
+    }
+
+    /// The checks every read of a payload starts with.
+    fn check(&self, h: &super::FrameHeader) -> Result<(), FrameError> {
         if h.sealed {
             return Err(FrameError::Sealed);
         }
@@ -68,19 +101,7 @@ impl PayloadReader {
                 max: self.limits.max_content(),
             });
         }
-        match h.codec {
-            // A decoded frame with codec none has body_len == content_len.
-            Codec::None => Ok(frame.body()),
-            Codec::Deflate => {
-                inflate(
-                    &mut self.inflater,
-                    frame.body(),
-                    h.content_len,
-                    &mut self.buf,
-                )?;
-                Ok(&self.buf)
-            }
-        }
+        Ok(())
     }
 
     /// The frame's records, parsed as its data type.
@@ -105,125 +126,80 @@ impl PayloadReader {
                 max: limits.max_records(),
             });
         }
-        if header.sealed {
-            return Err(FrameError::Sealed);
-        }
-        if header.content_len > limits.max_content() {
-            return Err(FrameError::ContentTooLarge {
-                content_len: header.content_len.into(),
-                max: limits.max_content(),
-            });
-        }
+        self.check(&header)?;
         let mut lines = Lines::new(header.record_count, header.data_type, &limits);
         match header.codec {
             Codec::None => {
                 lines.feed(frame.body())?;
             }
-            Codec::Deflate => self.inflate_lines(frame.body(), header.content_len, &mut lines)?,
+            Codec::Deflate => {
+                // Keep room for one partial line of the largest size allowed.
+                let keep = limits.max_record_bytes() as usize + 1;
+                let left = inflate_stream(
+                    &mut self.inflater,
+                    &mut self.window,
+                    frame.body(),
+                    header.content_len,
+                    keep,
+                    |bytes| lines.feed(bytes),
+                )?;
+                lines.unterminated(left);
+            }
         }
         lines.finish()
     }
-
-    /// Inflates `body` a step at a time into a window and parses each
-    /// complete line as it appears, so the payload is read while it is still
-    /// in cache and is never held whole: the window holds one step plus at
-    /// most one record line.
-    fn inflate_lines(
-        &mut self,
-        body: &[u8],
-        content_len: u32,
-        lines: &mut Lines<'_>,
-    ) -> Result<(), FrameError> {
-        const STEP: usize = 64 << 10;
-        let max_line = self.limits.max_record_bytes() as usize + 1;
-        let inflater = &mut self.inflater;
-        inflater.reset(false);
-        let window = &mut self.buf;
-        window.clear();
-        window.resize(STEP + max_line, 0);
-        let mut filled = 0;
-        let mut produced: u64 = 0;
-        loop {
-            let (in_before, out_before) = (inflater.total_in(), inflater.total_out());
-            let consumed = usize::try_from(in_before)
-                .unwrap_or(usize::MAX)
-                .min(body.len());
-            let end = (filled + STEP).min(window.len());
-            let status = inflater
-                .decompress(
-                    &body[consumed..],
-                    &mut window[filled..end],
-                    FlushDecompress::Finish,
-                )
-                .map_err(|e| FrameError::Corrupt {
-                    message: e.to_string(),
-                })?;
-            let made = usize::try_from(inflater.total_out() - out_before).unwrap_or(usize::MAX);
-            produced += made as u64;
-            if produced > u64::from(content_len) {
-                return Err(FrameError::InflateOverflow { content_len });
-            }
-            // Parse the complete lines; keep the partial last one at the front.
-            let used = lines.feed(&window[..filled + made])?;
-            window.copy_within(used..filled + made, 0);
-            filled = filled + made - used;
-            let consumed = usize::try_from(inflater.total_in()).unwrap_or(usize::MAX);
-            match status {
-                Status::StreamEnd => {
-                    if consumed < body.len() {
-                        return Err(FrameError::TrailingData {
-                            extra: body.len() - consumed,
-                        });
-                    }
-                    if produced < u64::from(content_len) {
-                        return Err(FrameError::InflateShort {
-                            produced: usize::try_from(produced).unwrap_or(usize::MAX),
-                            content_len,
-                        });
-                    }
-                    // An unterminated last line is left in the window.
-                    lines.unterminated(filled);
-                    return Ok(());
-                }
-                Status::Ok | Status::BufError => {
-                    if made == 0 && inflater.total_in() == in_before {
-                        return Err(FrameError::InflateStalled {
-                            consumed,
-                            body_len: u32::try_from(body.len()).unwrap_or(u32::MAX),
-                        });
-                    }
-                }
-            }
-        }
-    }
 }
 
-/// Inflates one raw DEFLATE stream of exactly `content_len` bytes into `out`.
-pub(crate) fn inflate(
+/// Bytes inflated per step: small enough that a step is still in cache when
+/// it is parsed.
+const STEP: usize = 64 << 10;
+
+/// Inflates a raw DEFLATE stream that must produce exactly `content_len`
+/// bytes, a step at a time, into `window`, handing what is there to
+/// `consume` after each step. `consume` returns how many bytes it used; the
+/// rest (at most `keep` bytes, which `consume` must enforce) stays at the
+/// front of the window for the next step. Returns the bytes left unused at
+/// the end of the stream.
+///
+/// Output past `content_len` fails at once, so a decompression bomb costs at
+/// most the window and what `consume` keeps of `content_len` bytes.
+pub(crate) fn inflate_stream(
     inflater: &mut Decompress,
+    window: &mut Vec<u8>,
     body: &[u8],
     content_len: u32,
-    out: &mut Vec<u8>,
-) -> Result<(), FrameError> {
-    let want = content_len as usize;
+    keep: usize,
+    mut consume: impl FnMut(&[u8]) -> Result<usize, FrameError>,
+) -> Result<usize, FrameError> {
     inflater.reset(false);
-    out.clear();
-    // One byte past the declared length, so that a stream producing more is
-    // seen at once; `decompress_vec` never grows the vector.
-    out.reserve_exact(want + 1);
+    window.clear();
+    window.resize(STEP + keep, 0);
+    let mut filled = 0;
+    let mut produced: u64 = 0;
     loop {
         let (in_before, out_before) = (inflater.total_in(), inflater.total_out());
         let consumed = usize::try_from(in_before)
             .unwrap_or(usize::MAX)
             .min(body.len());
+        // filled <= keep, so there is always room for output.
+        let end = (filled + STEP).min(window.len());
         let status = inflater
-            .decompress_vec(&body[consumed..], out, FlushDecompress::Finish)
+            .decompress(
+                &body[consumed..],
+                &mut window[filled..end],
+                FlushDecompress::Finish,
+            )
             .map_err(|e| FrameError::Corrupt {
                 message: e.to_string(),
             })?;
-        if out.len() > want {
+        let made = usize::try_from(inflater.total_out() - out_before).unwrap_or(usize::MAX);
+        produced += made as u64;
+        if produced > u64::from(content_len) {
             return Err(FrameError::InflateOverflow { content_len });
         }
+        let used = consume(&window[..filled + made])?;
+        window.copy_within(used..filled + made, 0);
+        filled = filled + made - used;
         let consumed = usize::try_from(inflater.total_in()).unwrap_or(usize::MAX);
         match status {
             Status::StreamEnd => {
@@ -232,16 +208,16 @@ pub(crate) fn inflate(
                         extra: body.len() - consumed,
                     });
                 }
-                if out.len() < want {
+                if produced < u64::from(content_len) {
                     return Err(FrameError::InflateShort {
-                        produced: out.len(),
+                        produced: usize::try_from(produced).unwrap_or(usize::MAX),
                         content_len,
                     });
                 }
-                return Ok(());
+                return Ok(filled);
             }
             Status::Ok | Status::BufError => {
-                if inflater.total_in() == in_before && inflater.total_out() == out_before {
+                if made == 0 && inflater.total_in() == in_before {
                     // No progress: the input is used up before the end of
                     // the stream, or the inflater cannot move.
                     return Err(FrameError::InflateStalled {
@@ -376,7 +352,19 @@ mod tests {
 
     fn run(body: &[u8], content_len: u32) -> Result<Vec<u8>, FrameError> {
         let mut out = Vec::new();
-        inflate(&mut Decompress::new(false), body, content_len, &mut out).map(|()| out)
+        let mut window = Vec::new();
+        inflate_stream(
+            &mut Decompress::new(false),
+            &mut window,
+            body,
+            content_len,
+            0,
+            |b| {
+                out.extend_from_slice(b);
+                Ok(b.len())
+            },
+        )?;
+        Ok(out)
     }
 
     #[test]
@@ -390,13 +378,26 @@ mod tests {
     fn a_bomb_costs_no_more_than_the_declared_length() {
         // 64 MiB of zeros compress to ~64 KiB; declare 1 KiB.
         let bomb = deflate(&vec![0u8; 64 << 20]);
-        let mut out = Vec::new();
-        let err = inflate(&mut Decompress::new(false), &bomb, 1024, &mut out).unwrap_err();
+        let mut seen = 0;
+        let mut window = Vec::new();
+        let err = inflate_stream(
+            &mut Decompress::new(false),
+            &mut window,
+            &bomb,
+            1024,
+            0,
+            |b| {
+                seen += b.len();
+                Ok(b.len())
+            },
+        )
+        .unwrap_err();
         assert!(matches!(
             err,
             FrameError::InflateOverflow { content_len: 1024 }
         ));
-        assert!(out.capacity() < 4096, "capacity {}", out.capacity());
+        assert!(seen <= 1024, "handed on {seen} bytes");
+        assert_eq!(window.len(), STEP);
     }
 
     #[test]
