@@ -1,6 +1,8 @@
 //! The main job on embedded defaults: build records of every type for two
 //! workspaces, tag them, gather them into per-tenant, per-type batches,
-//! validate them and print them as JSON Lines, one batch after another.
+//! validate them and print them as JSON Lines; then batch them with the
+//! `Batcher`, encode each batch as an OPSF frame, read the frames back with
+//! the streaming decoder (checking each one's tenant) and print a summary.
 //!
 //! Run with `cargo run --release --example quickstart`.
 
@@ -13,9 +15,10 @@ use std::io::Write;
 
 use chrono::{DateTime, Duration, Utc};
 use opsdata::{
-    Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
-    Event, HealthState, Metadata, Performance, Record, RecordLimits, ResolutionState, State,
-    Tagged, TenantBatch, TenantId,
+    Alert, AlertPriority, AlertSeverity, BatchId, Batcher, BatcherConfig, ChannelLevel,
+    Configuration, CustomFields, DataType, Decoded, Event, FrameDecoder, FrameEncoder, FrameLimits,
+    HealthState, Metadata, PayloadReader, Performance, Record, RecordLimits, ResolutionState,
+    State, Tagged, TenantBatch, TenantId,
 };
 use uuid::Uuid;
 
@@ -37,7 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // Gather per (tenant, data type): the unit a frame will carry.
     let mut batches: BTreeMap<(TenantId, DataType), TenantBatch> = BTreeMap::new();
-    for tagged in collected {
+    for tagged in collected.iter().cloned() {
         tagged.item().validate(&limits)?;
         let key = (tagged.tenant(), tagged.data_type());
         batches
@@ -70,6 +73,42 @@ fn main() -> Result<(), Box<dyn Error>> {
         out,
         "# {total} records in {} batches, all valid",
         batches.len()
+    )?;
+
+    // Frames: the Batcher closes per-tenant, per-type batches (here at
+    // flush), the encoder writes them into one stream, and the decoder reads
+    // the stream back, each frame checked against the tenant it names.
+    let limits = FrameLimits::default();
+    let mut batcher = Batcher::new(BatcherConfig::default(), &limits)?;
+    for tagged in collected {
+        batcher.push(now, tagged)?;
+    }
+    batcher.flush(now);
+    let mut encoder = FrameEncoder::new();
+    let mut stream = Vec::new();
+    let (mut frames, mut content) = (0, 0);
+    while let Some(batch) = batcher.poll_batch() {
+        let header = encoder.encode_closed(&batch, BatchId::new(Uuid::new_v4())?, &mut stream)?;
+        frames += 1;
+        content += header.content_len as usize;
+    }
+    let mut reader = PayloadReader::new(limits);
+    let mut read_back = 0;
+    for tenant in tenants {
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&stream);
+        while let Decoded::Frame(frame) = decoder.poll_frame()? {
+            if frame.tenant() == tenant {
+                read_back += reader.records(&frame)?.len();
+            }
+        }
+        decoder.finish()?;
+    }
+    writeln!(
+        out,
+        "# {frames} frames, {} bytes for {content} bytes of JSON ({:.1}:1); {read_back} records read back",
+        stream.len(),
+        content as f64 / stream.len() as f64
     )?;
     Ok(())
 }
