@@ -184,10 +184,12 @@ pub(crate) fn inflate_stream(
         // filled <= keep, so there is always room for output.
         let end = (filled + STEP).min(window.len());
         let status = inflater
+            // Not `Finish`: miniz_oxide refuses `Finish` unless the output
+            // buffer can take the whole rest of the stream.
             .decompress(
                 &body[consumed..],
                 &mut window[filled..end],
-                FlushDecompress::Finish,
+                FlushDecompress::None,
             )
             .map_err(|e| FrameError::Corrupt {
                 message: e.to_string(),
