@@ -67,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod delivery;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
@@ -78,6 +79,11 @@ mod record;
 mod solution;
 mod tenant;
 
+pub use delivery::{
+    Agent, AgentError, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, MemorySpool,
+    MemoryTransport, Outbox, Outcome, Phase, PolicyError, RecoveryReport, Spool, StorageOp,
+    TenantStatus, Transmit, Transport,
+};
 pub use frame::{
     BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,
     FIXED_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, Frame, FrameDecoder, FrameEncoder, FrameError,

@@ -1,0 +1,716 @@
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+
+use super::{
+    DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, StorageOp,
+    TenantStatus, Transmit,
+};
+use crate::frame::{BatchId, Frame, FrameError, FrameLimits};
+use crate::record::DataType;
+use crate::tenant::TenantId;
+
+/// A key ordering batches for eviction: drop rank first, then age.
+type EvictKey = (u8, u64, BatchId);
+/// A key ordering batches for probing: most important type first, then age.
+type ProbeKey = (u8, u64, BatchId);
+
+#[derive(Debug)]
+struct Held {
+    frame: Frame,
+    tenant: TenantId,
+    data_type: DataType,
+    records: u32,
+    bytes: u64,
+    seq: u64,
+    rank: u8,
+    in_flight: bool,
+    attempts: u32,
+    expires: Option<DateTime<Utc>>,
+}
+
+impl Held {
+    fn evict_key(&self, id: BatchId) -> EvictKey {
+        (self.rank, self.seq, id)
+    }
+    fn probe_key(&self, id: BatchId) -> ProbeKey {
+        (u8::MAX - self.rank, self.seq, id)
+    }
+}
+
+#[derive(Debug)]
+struct Tenant {
+    status: TenantStatus,
+    /// Held, not in flight, oldest first.
+    waiting: BTreeSet<(u64, BatchId)>,
+    /// The same batches, most important type first.
+    by_importance: BTreeSet<ProbeKey>,
+    /// The same batches, in drop order.
+    evictable: BTreeSet<EvictKey>,
+    in_flight: u32,
+    bytes: u64,
+    batches: usize,
+    /// No send before this (the offline schedule, or a throttle).
+    not_before: Option<DateTime<Utc>>,
+    /// The batch sent as the offline probe.
+    probe: Option<BatchId>,
+    /// Failed probes since going offline.
+    failures: u32,
+    /// Failed probes since being queued.
+    queued_failures: u32,
+    /// Whether the Queued event has been given for this outage.
+    queued: bool,
+}
+
+impl Tenant {
+    fn new() -> Self {
+        Tenant {
+            status: TenantStatus::Online,
+            waiting: BTreeSet::new(),
+            by_importance: BTreeSet::new(),
+            evictable: BTreeSet::new(),
+            in_flight: 0,
+            bytes: 0,
+            batches: 0,
+            not_before: None,
+            probe: None,
+            failures: 0,
+            queued_failures: 0,
+            queued: false,
+        }
+    }
+}
+
+/// `t + d`, saturating at the end of time: a `now` the caller passes must not
+/// make the outbox panic.
+fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// SplitMix64: jitter from the caller's seed, reproducible in tests.
+#[derive(Debug, Clone)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// What [`Outbox::recover`] found in the spool.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Frames taken back into the outbox.
+    pub recovered: usize,
+    /// Frames skipped because they failed their checks, by position in the
+    /// input, with the reason. The host should move them aside.
+    pub skipped: Vec<(usize, FrameError)>,
+    /// Frames skipped because their batch id was already recovered.
+    pub duplicates: usize,
+}
+
+/// The sans-I/O retry / cache / queue / drop-priority state machine.
+///
+/// **Inputs**: [`push`](Outbox::push) a frame,
+/// [`handle_outcome`](Outbox::handle_outcome) of a transmit,
+/// [`handle_timeout`](Outbox::handle_timeout) when the timer fires.
+///
+/// **Drain contract**: after every input, call, in this order,
+/// [`poll_storage`](Outbox::poll_storage) until `None`, applying each
+/// operation to the spool (so a frame is durable before it is sent and
+/// removed only after it is delivered or dropped); then
+/// [`poll_transmit`](Outbox::poll_transmit) until `None`, sending each;
+/// then [`poll_event`](Outbox::poll_event) until `None`; then arm the timer
+/// for [`poll_timeout`](Outbox::poll_timeout) (`None`: nothing is
+/// scheduled). An early or repeated `handle_timeout` does nothing; a `now`
+/// earlier than one already seen is taken as the latest seen.
+///
+/// Every frame pushed ends in exactly one [`DeliveryEvent::Delivered`] or
+/// [`DeliveryEvent::Dropped`], or is still held.
+///
+/// ```
+/// # use chrono::{TimeZone, Utc};
+/// # use opsdata::*;
+/// # let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+/// # let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+/// # let frame = FrameEncoder::new()
+/// #     .encode_frame(&TenantBatch::new(tenant, DataType::Alert), BatchId::from_random_bytes([1; 16]), now)?;
+/// let mut outbox = Outbox::new(DeliveryPolicy::default(), 42);
+/// outbox.push(now, frame)?;
+/// while let Some(op) = outbox.poll_storage() { /* persist to the spool */ }
+/// let tx = outbox.poll_transmit(now).expect("a frame to send");
+/// outbox.handle_outcome(now, tx.batch_id, Outcome::Delivered)?;
+/// assert!(matches!(outbox.poll_event(), Some(DeliveryEvent::Delivered { .. })));
+/// assert_eq!(outbox.held_batches(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Outbox {
+    policy: DeliveryPolicy,
+    jitter: Jitter,
+    latest: Option<DateTime<Utc>>,
+    seq: u64,
+    batches: BTreeMap<BatchId, Held>,
+    tenants: BTreeMap<TenantId, Tenant>,
+    evictable: BTreeSet<EvictKey>,
+    expiries: BTreeSet<(DateTime<Utc>, BatchId)>,
+    held_bytes: u64,
+    /// The tenant served last, for round-robin sending.
+    cursor: Option<TenantId>,
+    events: VecDeque<DeliveryEvent>,
+    storage: VecDeque<StorageOp>,
+}
+
+impl Outbox {
+    /// An empty outbox; `seed` is the caller's randomness for jitter.
+    #[must_use]
+    pub fn new(policy: DeliveryPolicy, seed: u64) -> Self {
+        Outbox {
+            policy,
+            jitter: Jitter(seed),
+            latest: None,
+            seq: 0,
+            batches: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+            evictable: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+            held_bytes: 0,
+            cursor: None,
+            events: VecDeque::new(),
+            storage: VecDeque::new(),
+        }
+    }
+
+    /// Rebuilds an outbox from the frames a spool holds (in the order they
+    /// were persisted), without asking to persist them again. Frames that
+    /// fail their checks are skipped and reported, never a reason to refuse
+    /// to start; a batch id seen twice is kept once. If the frames pass the
+    /// policy's limits, the drop order applies as for pushes. Every tenant
+    /// starts online. Drain the result as after any input: the recovered
+    /// batches have no timer, so [`poll_transmit`](Outbox::poll_transmit)
+    /// is what starts them.
+    #[must_use]
+    pub fn recover(
+        policy: DeliveryPolicy,
+        seed: u64,
+        now: DateTime<Utc>,
+        frames: impl IntoIterator<Item = Bytes>,
+        limits: &FrameLimits,
+    ) -> (Outbox, RecoveryReport) {
+        let mut outbox = Outbox::new(policy, seed);
+        let mut report = RecoveryReport::default();
+        for (index, bytes) in frames.into_iter().enumerate() {
+            match Frame::decode(bytes, limits) {
+                Err(e) => report.skipped.push((index, e)),
+                Ok(frame) if outbox.batches.contains_key(&frame.batch_id()) => {
+                    report.duplicates += 1;
+                }
+                Ok(frame) => {
+                    outbox.insert(now, frame, false);
+                    report.recovered += 1;
+                }
+            }
+        }
+        (outbox, report)
+    }
+
+    fn observe(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let now = self.latest.map_or(now, |l| l.max(now));
+        self.latest = Some(now);
+        now
+    }
+
+    /// Takes a frame to deliver. If holding it would pass a limit, batches
+    /// are dropped in the policy's drop order, oldest first within a type,
+    /// until it fits; the new frame is itself a candidate under the same
+    /// rule (a new Performance frame is dropped rather than an Alert). Each
+    /// drop is a [`DeliveryEvent::Dropped`] with [`DropReason::QueueFull`].
+    ///
+    /// # Errors
+    ///
+    /// [`DeliveryError::DuplicateBatch`], handing the frame back, if a batch
+    /// with its id is already held. Nothing changes.
+    pub fn push(&mut self, now: DateTime<Utc>, frame: Frame) -> Result<(), DeliveryError> {
+        let now = self.observe(now);
+        let batch_id = frame.batch_id();
+        if self.batches.contains_key(&batch_id) {
+            return Err(DeliveryError::DuplicateBatch {
+                batch_id,
+                frame: Box::new(frame),
+            });
+        }
+        self.insert(now, frame, true);
+        Ok(())
+    }
+
+    fn over_limit(&self, tenant: TenantId, bytes: u64) -> bool {
+        let tenant_bytes = self.tenants.get(&tenant).map_or(0, |t| t.bytes);
+        self.held_bytes + bytes > self.policy.limit_bytes()
+            || self
+                .policy
+                .limit_batches()
+                .is_some_and(|n| self.batches.len() as u64 + 1 > n)
+            || self
+                .policy
+                .tenant_limit_bytes()
+                .is_some_and(|n| tenant_bytes + bytes > n)
+    }
+
+    fn insert(&mut self, now: DateTime<Utc>, frame: Frame, persist: bool) {
+        let batch_id = frame.batch_id();
+        let tenant = frame.tenant();
+        let data_type = frame.data_type();
+        let bytes = frame.len() as u64;
+        let rank = self.policy.drop_rank(data_type);
+        self.seq += 1;
+        let seq = self.seq;
+        let new_key: EvictKey = (rank, seq, batch_id);
+        while self.over_limit(tenant, bytes) {
+            // With a per-tenant limit, a tenant's frame only evicts its own.
+            let victim = if self.policy.tenant_limit_bytes().is_some() {
+                self.tenants
+                    .get(&tenant)
+                    .and_then(|t| t.evictable.first().copied())
+            } else {
+                self.evictable.first().copied()
+            };
+            match victim {
+                Some(v) if v < new_key => self.drop_batch(v.2, DropReason::QueueFull),
+                _ => {
+                    self.events.push_back(DeliveryEvent::Dropped {
+                        tenant,
+                        data_type,
+                        batch_id,
+                        records: frame.header().record_count,
+                        bytes,
+                        reason: DropReason::QueueFull,
+                    });
+                    return;
+                }
+            }
+        }
+        let expires = self.policy.expire_after(data_type).map(|d| later(now, d));
+        let held = Held {
+            records: frame.header().record_count,
+            frame: frame.clone(),
+            tenant,
+            data_type,
+            bytes,
+            seq,
+            rank,
+            in_flight: false,
+            attempts: 0,
+            expires,
+        };
+        if let Some(at) = expires {
+            self.expiries.insert((at, batch_id));
+        }
+        let t = self.tenants.entry(tenant).or_insert_with(Tenant::new);
+        t.bytes += bytes;
+        t.batches += 1;
+        self.held_bytes += bytes;
+        self.batches.insert(batch_id, held);
+        self.mark_waiting(batch_id);
+        if persist {
+            self.storage
+                .push_back(StorageOp::Persist { batch_id, frame });
+        }
+    }
+
+    /// Puts a held batch into the indexes of batches not in flight.
+    fn mark_waiting(&mut self, id: BatchId) {
+        let Some(h) = self.batches.get_mut(&id) else {
+            return;
+        };
+        h.in_flight = false;
+        let (seq, ek, pk, tenant) = (h.seq, h.evict_key(id), h.probe_key(id), h.tenant);
+        self.evictable.insert(ek);
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            t.waiting.insert((seq, id));
+            t.by_importance.insert(pk);
+            t.evictable.insert(ek);
+        }
+    }
+
+    /// Takes a held batch out of the indexes of batches not in flight.
+    fn unmark_waiting(&mut self, id: BatchId) {
+        let Some(h) = self.batches.get(&id) else {
+            return;
+        };
+        let (seq, ek, pk, tenant) = (h.seq, h.evict_key(id), h.probe_key(id), h.tenant);
+        self.evictable.remove(&ek);
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            t.waiting.remove(&(seq, id));
+            t.by_importance.remove(&pk);
+            t.evictable.remove(&ek);
+        }
+    }
+
+    /// Removes a batch, with its event and storage operation.
+    fn remove(&mut self, id: BatchId) -> Option<Held> {
+        self.unmark_waiting(id);
+        let h = self.batches.remove(&id)?;
+        if let Some(at) = h.expires {
+            self.expiries.remove(&(at, id));
+        }
+        self.held_bytes -= h.bytes;
+        if let Some(t) = self.tenants.get_mut(&h.tenant) {
+            t.bytes -= h.bytes;
+            t.batches -= 1;
+            if h.in_flight {
+                t.in_flight -= 1;
+            }
+            if t.probe == Some(id) {
+                t.probe = None;
+            }
+        }
+        self.storage.push_back(StorageOp::Remove { batch_id: id });
+        Some(h)
+    }
+
+    fn drop_batch(&mut self, id: BatchId, reason: DropReason) {
+        if let Some(h) = self.remove(id) {
+            self.events.push_back(DeliveryEvent::Dropped {
+                tenant: h.tenant,
+                data_type: h.data_type,
+                batch_id: id,
+                records: h.records,
+                bytes: h.bytes,
+                reason,
+            });
+        }
+    }
+
+    /// The next frame to send now, if any: tenants take turns; an online
+    /// tenant sends its oldest batch while it has fewer than `max_in_flight`
+    /// in flight; an offline tenant sends one probe (its oldest batch of the
+    /// most important type) when its schedule allows.
+    pub fn poll_transmit(&mut self, now: DateTime<Utc>) -> Option<Transmit> {
+        let now = self.observe(now);
+        let max = self.policy.max_in_flight();
+        let order: Vec<TenantId> = match self.cursor {
+            Some(c) => self
+                .tenants
+                .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                .chain(self.tenants.range(..=c))
+                .map(|(&k, _)| k)
+                .collect(),
+            None => self.tenants.keys().copied().collect(),
+        };
+        for tenant in order {
+            let t = &self.tenants[&tenant];
+            if t.not_before.is_some_and(|at| at > now) {
+                continue;
+            }
+            let pick = match t.status {
+                TenantStatus::Online if t.in_flight < max => t.waiting.first().map(|&(_, id)| id),
+                TenantStatus::Offline { .. } if t.in_flight == 0 => {
+                    t.by_importance.first().map(|&(_, _, id)| id)
+                }
+                _ => None,
+            };
+            let Some(id) = pick else {
+                continue;
+            };
+            self.unmark_waiting(id);
+            let t = self.tenants.get_mut(&tenant).expect("iterating its keys");
+            t.in_flight += 1;
+            if matches!(t.status, TenantStatus::Offline { .. }) {
+                t.probe = Some(id);
+            }
+            let h = self.batches.get_mut(&id).expect("indexed batches are held");
+            h.in_flight = true;
+            h.attempts += 1;
+            self.cursor = Some(tenant);
+            return Some(Transmit {
+                tenant,
+                batch_id: id,
+                attempt: h.attempts,
+                frame: h.frame.clone(),
+            });
+        }
+        None
+    }
+
+    /// Reports how a transmit went.
+    ///
+    /// # Errors
+    ///
+    /// [`DeliveryError::UnknownBatch`] if the batch is not held,
+    /// [`DeliveryError::NotInFlight`] if it is held but was not sent.
+    /// Nothing changes.
+    pub fn handle_outcome(
+        &mut self,
+        now: DateTime<Utc>,
+        batch_id: BatchId,
+        outcome: Outcome,
+    ) -> Result<(), DeliveryError> {
+        let now = self.observe(now);
+        let h = self
+            .batches
+            .get(&batch_id)
+            .ok_or(DeliveryError::UnknownBatch { batch_id })?;
+        if !h.in_flight {
+            return Err(DeliveryError::NotInFlight { batch_id });
+        }
+        let tenant = h.tenant;
+        match outcome {
+            Outcome::Delivered => {
+                if let Some(h) = self.remove(batch_id) {
+                    self.events.push_back(DeliveryEvent::Delivered {
+                        tenant,
+                        data_type: h.data_type,
+                        batch_id,
+                        records: h.records,
+                        bytes: h.bytes,
+                    });
+                }
+                self.set_online(tenant);
+            }
+            Outcome::Rejected => {
+                self.drop_batch(batch_id, DropReason::Rejected);
+                // The service answered: it is reachable.
+                self.set_online(tenant);
+            }
+            Outcome::Transient => {
+                let was_probe = self.return_to_waiting(batch_id, tenant);
+                self.failed(now, tenant, was_probe);
+            }
+            Outcome::Throttled { retry_after } => {
+                self.return_to_waiting(batch_id, tenant);
+                let wait = retry_after
+                    .max(Duration::zero())
+                    .min(self.policy.max_retry_after());
+                let t = self.tenants.get_mut(&tenant).expect("held batch's tenant");
+                let until = later(now, wait);
+                let at = t.not_before.map_or(until, |nb| nb.max(until));
+                t.not_before = Some(at);
+                let attempt = t.failures;
+                self.events.push_back(DeliveryEvent::RetryScheduled {
+                    tenant,
+                    at,
+                    attempt,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts an in-flight batch back; returns whether it was the probe.
+    fn return_to_waiting(&mut self, id: BatchId, tenant: TenantId) -> bool {
+        let t = self.tenants.get_mut(&tenant).expect("held batch's tenant");
+        t.in_flight -= 1;
+        let was_probe = t.probe == Some(id);
+        if was_probe {
+            t.probe = None;
+        }
+        self.mark_waiting(id);
+        // A batch that expired while in flight goes now.
+        if let Some(at) = self.batches.get(&id).and_then(|h| h.expires)
+            && self.latest.is_some_and(|now| at <= now)
+        {
+            self.drop_batch(id, DropReason::Expired);
+        }
+        was_probe
+    }
+
+    fn set_online(&mut self, tenant: TenantId) {
+        if let Some(t) = self.tenants.get_mut(&tenant)
+            && matches!(t.status, TenantStatus::Offline { .. })
+        {
+            t.status = TenantStatus::Online;
+            t.not_before = None;
+            t.failures = 0;
+            t.queued_failures = 0;
+            t.queued = false;
+            self.events
+                .push_back(DeliveryEvent::TenantOnline { tenant });
+        }
+    }
+
+    /// A transient failure: the tenant goes offline, or its probe failed.
+    fn failed(&mut self, now: DateTime<Utc>, tenant: TenantId, was_probe: bool) {
+        let interval = self.policy.retry_interval();
+        let window = self.policy.cache_window();
+        let t = self.tenants.get_mut(&tenant).expect("held batch's tenant");
+        let since = match t.status {
+            TenantStatus::Online => {
+                t.status = TenantStatus::Offline { since: now };
+                t.failures = 0;
+                self.events
+                    .push_back(DeliveryEvent::TenantOffline { tenant, since: now });
+                now
+            }
+            TenantStatus::Offline { since } if was_probe => since,
+            // A batch sent before the outage failing late changes no schedule.
+            TenantStatus::Offline { .. } => return,
+        };
+        t.failures += 1;
+        // The next slot on the 8-minute grid from the first failure, while it
+        // is within the cache window; then backoff with jitter.
+        let k = ((now - since).num_milliseconds() / interval.num_milliseconds().max(1)) + 1;
+        let slot = i32::try_from(k)
+            .ok()
+            .and_then(|k| interval.checked_mul(k))
+            .map(|d| later(since, d));
+        let at = match slot.filter(|&slot| slot <= later(since, window)) {
+            Some(slot) => slot,
+            None => {
+                t.queued_failures += 1;
+                let exp = t.queued_failures.min(30);
+                let base = interval
+                    .checked_mul(1i32 << exp.min(30))
+                    .unwrap_or(self.policy.queue_retry_max())
+                    .min(self.policy.queue_retry_max());
+                let shave = base.num_milliseconds() * i64::from(self.policy.jitter_percent()) / 100;
+                let cut = if shave > 0 {
+                    (self.jitter.next() % (shave as u64 + 1)) as i64
+                } else {
+                    0
+                };
+                later(now, base - Duration::milliseconds(cut))
+            }
+        };
+        let at = t.not_before.map_or(at, |nb| nb.max(at));
+        t.not_before = Some(at);
+        let attempt = t.failures;
+        self.events.push_back(DeliveryEvent::RetryScheduled {
+            tenant,
+            at,
+            attempt,
+        });
+    }
+
+    /// Processes what is due at `now`: expired batches are dropped, and
+    /// tenants past their cache window are queued.
+    pub fn handle_timeout(&mut self, now: DateTime<Utc>) {
+        let now = self.observe(now);
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.remove(&(at, id));
+            let in_flight = self.batches.get(&id).is_some_and(|h| h.in_flight);
+            if in_flight {
+                // Dropped when it comes back, if not delivered.
+                continue;
+            }
+            self.drop_batch(id, DropReason::Expired);
+        }
+        let window = self.policy.cache_window();
+        for (&tenant, t) in self.tenants.iter_mut() {
+            if let TenantStatus::Offline { since } = t.status
+                && !t.queued
+                && later(since, window) <= now
+            {
+                t.queued = true;
+                self.events.push_back(DeliveryEvent::Queued {
+                    tenant,
+                    batches: t.batches,
+                });
+            }
+        }
+    }
+
+    /// When [`handle_timeout`](Outbox::handle_timeout) or
+    /// [`poll_transmit`](Outbox::poll_transmit) next has work: an expiry, a
+    /// tenant's next attempt, or the end of a cache window. `None`: nothing
+    /// is scheduled.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
+        let window = self.policy.cache_window();
+        let tenants = self.tenants.values().filter_map(|t| {
+            let send = t
+                .not_before
+                .filter(|_| !t.waiting.is_empty() && t.in_flight == 0);
+            let queue = match t.status {
+                TenantStatus::Offline { since } if !t.queued => Some(later(since, window)),
+                _ => None,
+            };
+            match (send, queue) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        });
+        self.expiries
+            .first()
+            .map(|&(at, _)| at)
+            .into_iter()
+            .chain(tenants)
+            .min()
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<DeliveryEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next operation for the spool, in order.
+    pub fn poll_storage(&mut self) -> Option<StorageOp> {
+        self.storage.pop_front()
+    }
+
+    /// Batches held, in flight included.
+    #[must_use]
+    pub fn held_batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Bytes of frames held, in flight included.
+    #[must_use]
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
+    /// Batches and bytes held for one tenant.
+    #[must_use]
+    pub fn tenant_held(&self, tenant: TenantId) -> (usize, u64) {
+        self.tenants
+            .get(&tenant)
+            .map_or((0, 0), |t| (t.batches, t.bytes))
+    }
+
+    /// A tenant's connectivity (`Online` for a tenant never seen).
+    #[must_use]
+    pub fn tenant_status(&self, tenant: TenantId) -> TenantStatus {
+        self.tenants
+            .get(&tenant)
+            .map_or(TenantStatus::Online, |t| t.status)
+    }
+
+    /// Where a held batch stands.
+    #[must_use]
+    pub fn phase(&self, batch_id: BatchId) -> Option<Phase> {
+        let h = self.batches.get(&batch_id)?;
+        let t = &self.tenants[&h.tenant];
+        Some(if h.in_flight {
+            Phase::InFlight
+        } else {
+            match t.status {
+                TenantStatus::Online => Phase::Pending,
+                TenantStatus::Offline { .. } if t.queued => Phase::Queued,
+                TenantStatus::Offline { .. } => Phase::Cached,
+            }
+        })
+    }
+
+    /// Batches held of one data type (a scan: for reports, not hot paths).
+    #[must_use]
+    pub fn held_of_type(&self, data_type: DataType) -> usize {
+        self.batches
+            .values()
+            .filter(|h| h.data_type == data_type)
+            .count()
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> &DeliveryPolicy {
+        &self.policy
+    }
+}
