@@ -1,8 +1,10 @@
 //! The main job on embedded defaults: build records of every type for two
 //! workspaces, tag them, gather them into per-tenant, per-type batches,
-//! validate them and print them as JSON Lines; then batch them with the
-//! `Batcher`, encode each batch as an OPSF frame, read the frames back with
-//! the streaming decoder (checking each one's tenant) and print a summary.
+//! validate them and print them as JSON Lines; then run them through the
+//! pipeline: `Batcher` -> OPSF frames -> `Outbox` (driven by an `Agent`, with
+//! an in-memory spool) -> an in-memory transport; read what the "service"
+//! received back with the streaming decoder, checking each frame's tenant,
+//! and print a summary.
 //!
 //! Run with `cargo run --release --example quickstart`.
 
@@ -15,10 +17,11 @@ use std::io::Write;
 
 use chrono::{DateTime, Duration, Utc};
 use opsdata::{
-    Alert, AlertPriority, AlertSeverity, BatchId, Batcher, BatcherConfig, ChannelLevel,
-    Configuration, CustomFields, DataType, Decoded, Event, FrameDecoder, FrameEncoder, FrameLimits,
-    HealthState, Metadata, PayloadReader, Performance, Record, RecordLimits, ResolutionState,
-    State, Tagged, TenantBatch, TenantId,
+    Agent, Alert, AlertPriority, AlertSeverity, BatchId, Batcher, BatcherConfig, ChannelLevel,
+    Configuration, CustomFields, DataType, Decoded, DeliveryEvent, DeliveryPolicy, Event,
+    FrameDecoder, FrameEncoder, FrameLimits, HealthState, MemorySpool, MemoryTransport, Metadata,
+    Outbox, PayloadReader, Performance, Record, RecordLimits, ResolutionState, State, Tagged,
+    TenantBatch, TenantId,
 };
 use uuid::Uuid;
 
@@ -85,13 +88,28 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     batcher.flush(now);
     let mut encoder = FrameEncoder::new();
-    let mut stream = Vec::new();
+    let mut agent = Agent::new(
+        Outbox::new(DeliveryPolicy::default(), rand_seed()),
+        MemoryTransport::new(),
+        MemorySpool::new(),
+    );
     let (mut frames, mut content) = (0, 0);
     while let Some(batch) = batcher.poll_batch() {
-        let header = encoder.encode_closed(&batch, BatchId::new(Uuid::new_v4())?, &mut stream)?;
+        let frame = encoder.encode_closed_frame(&batch, BatchId::new(Uuid::new_v4())?)?;
         frames += 1;
-        content += header.content_len as usize;
+        content += frame.header().content_len as usize;
+        agent.push(now, frame)?;
     }
+    let delivered = std::iter::from_fn(|| agent.poll_event())
+        .filter(|e| matches!(e, DeliveryEvent::Delivered { .. }))
+        .count();
+    // What the service received, as one byte stream.
+    let stream: Vec<u8> = agent
+        .transport()
+        .delivered()
+        .iter()
+        .flat_map(|f| f.as_bytes().iter().copied())
+        .collect();
     let mut reader = PayloadReader::new(limits);
     let mut read_back = 0;
     for tenant in tenants {
@@ -106,11 +124,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     writeln!(
         out,
-        "# {frames} frames, {} bytes for {content} bytes of JSON ({:.1}:1); {read_back} records read back",
+        "# {frames} frames, {} bytes for {content} bytes of JSON ({:.1}:1); {delivered} delivered, {read_back} records read back by tenant",
         stream.len(),
         content as f64 / stream.len() as f64
     )?;
     Ok(())
+}
+
+/// A seed for the outbox's retry jitter, from the OS.
+fn rand_seed() -> u64 {
+    u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// One or more records of every type, as agent `n` might collect them.
