@@ -119,3 +119,106 @@ fn repair_crcs(buf: &mut [u8]) {
         at = end + 4;
     }
 }
+
+/// The outbox driven by an arbitrary sequence of operations and time steps,
+/// with a small limit. Checks after every step: every batch pushed is
+/// delivered, dropped or held, exactly one of them, and never twice
+/// terminal; held bytes stay within the limit; outcomes for batches not in
+/// flight are refused and change nothing.
+pub fn outbox_ops(data: &[u8]) {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use chrono::{DateTime, Duration};
+
+    use crate::delivery::{DeliveryEvent, DeliveryPolicy, Outbox, Outcome};
+    use crate::frame::{BatchId, FrameEncoder};
+    use crate::record::DataType;
+    use crate::tenant::{TenantBatch, TenantId};
+
+    let Some((&seed, ops)) = data.split_first() else {
+        return;
+    };
+    let policy = DeliveryPolicy::default()
+        .with_limit_bytes(2_000)
+        .and_then(|p| p.with_max_in_flight(2))
+        .and_then(|p| p.with_jitter_percent(seed % 101))
+        .expect("valid settings");
+    let limit = policy.limit_bytes();
+    let mut outbox = Outbox::new(policy, u64::from(seed));
+    let mut encoder = FrameEncoder::new();
+    let mut now = DateTime::from_timestamp(1_800_000_000, 0).expect("in range");
+    let mut next_id = 0u128;
+    let mut pushed = BTreeSet::new();
+    let mut terminal: BTreeMap<BatchId, &'static str> = BTreeMap::new();
+    let mut in_flight: Vec<BatchId> = Vec::new();
+    for chunk in ops.chunks(2).take(400) {
+        let (op, arg) = (chunk[0], chunk.get(1).copied().unwrap_or(0));
+        match op % 6 {
+            0 => {
+                let tenant =
+                    TenantId::new(uuid::Uuid::from_u128(u128::from(arg % 3) + 1)).expect("not nil");
+                let data_type = DataType::ALL[usize::from(arg / 3) % 6];
+                next_id += 1;
+                let id = BatchId::new(uuid::Uuid::from_u128(next_id)).expect("not nil");
+                let frame = encoder
+                    .encode_frame(&TenantBatch::new(tenant, data_type), id, now)
+                    .expect("an empty batch encodes");
+                outbox.push(now, frame).expect("ids are unique");
+                pushed.insert(id);
+            }
+            1 => {
+                if let Some(tx) = outbox.poll_transmit(now) {
+                    in_flight.push(tx.batch_id);
+                }
+            }
+            2 | 3 if !in_flight.is_empty() => {
+                let id = in_flight.remove(usize::from(arg) % in_flight.len());
+                let outcome = match arg % 4 {
+                    0 => Outcome::Delivered,
+                    1 => Outcome::Transient,
+                    2 => Outcome::Throttled {
+                        retry_after: Duration::seconds(i64::from(arg) * 97),
+                    },
+                    _ => Outcome::Rejected,
+                };
+                outbox
+                    .handle_outcome(now, id, outcome)
+                    .expect("the batch is in flight");
+                // A second outcome for the same batch is refused.
+                assert!(outbox.handle_outcome(now, id, Outcome::Delivered).is_err());
+            }
+            4 => {
+                now += Duration::seconds(i64::from(arg) * 37);
+                outbox.handle_timeout(now);
+            }
+            _ => {
+                // A clock stepping back: taken as the latest seen.
+                outbox.handle_timeout(now - Duration::seconds(i64::from(arg)));
+            }
+        }
+        while outbox.poll_storage().is_some() {}
+        while let Some(event) = outbox.poll_event() {
+            let (id, what) = match event {
+                DeliveryEvent::Delivered { batch_id, .. } => (batch_id, "delivered"),
+                DeliveryEvent::Dropped { batch_id, .. } => (batch_id, "dropped"),
+                _ => continue,
+            };
+            assert!(pushed.contains(&id), "an event for a batch never pushed");
+            assert!(
+                terminal.insert(id, what).is_none(),
+                "two terminal events for one batch"
+            );
+            in_flight.retain(|&b| b != id);
+        }
+        assert!(outbox.held_bytes() <= limit, "held bytes past the limit");
+        let held = outbox.held_batches();
+        assert_eq!(pushed.len(), terminal.len() + held, "a batch disappeared");
+        for id in &pushed {
+            assert_eq!(
+                terminal.contains_key(id),
+                outbox.phase(*id).is_none(),
+                "a batch both held and finished, or neither"
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@ type Target = fn(&[u8]);
 const TARGETS: &[(&str, Target)] = &[
     ("record_json", opsdata::fuzz::record_json),
     ("frame_decoder", opsdata::fuzz::frame_decoder),
+    ("outbox_ops", opsdata::fuzz::outbox_ops),
 ];
 
 #[test]
