@@ -51,8 +51,12 @@ struct Tenant {
     in_flight: u32,
     bytes: u64,
     batches: usize,
-    /// No send before this (the offline schedule, or a throttle).
-    not_before: Option<DateTime<Utc>>,
+    /// The offline schedule: no probe before this. Cleared when the tenant
+    /// comes back online.
+    retry_at: Option<DateTime<Utc>>,
+    /// The service's `Retry-After`: no send before this, online or not. Kept
+    /// until it passes, whatever else happens.
+    throttled_until: Option<DateTime<Utc>>,
     /// The batch sent as the offline probe.
     probe: Option<BatchId>,
     /// Failed probes since going offline.
@@ -64,6 +68,21 @@ struct Tenant {
 }
 
 impl Tenant {
+    /// No send of this tenant before this: the later of its schedule and
+    /// its throttle.
+    fn not_before(&self) -> Option<DateTime<Utc>> {
+        self.retry_at.max(self.throttled_until)
+    }
+
+    /// Whether the tenant has room to send, ignoring time: online below
+    /// `max_in_flight`, or offline with no probe out.
+    fn has_room(&self, max_in_flight: u32) -> bool {
+        match self.status {
+            TenantStatus::Online => self.in_flight < max_in_flight,
+            TenantStatus::Offline { .. } => self.in_flight == 0,
+        }
+    }
+
     fn new() -> Self {
         Tenant {
             status: TenantStatus::Online,
@@ -73,7 +92,8 @@ impl Tenant {
             in_flight: 0,
             bytes: 0,
             batches: 0,
-            not_before: None,
+            retry_at: None,
+            throttled_until: None,
             probe: None,
             failures: 0,
             queued_failures: 0,
@@ -404,15 +424,15 @@ impl Outbox {
         };
         for tenant in order {
             let t = &self.tenants[&tenant];
-            if t.not_before.is_some_and(|at| at > now) {
+            if t.not_before().is_some_and(|at| at > now) {
+                continue;
+            }
+            if !t.has_room(max) {
                 continue;
             }
             let pick = match t.status {
-                TenantStatus::Online if t.in_flight < max => t.waiting.first().map(|&(_, id)| id),
-                TenantStatus::Offline { .. } if t.in_flight == 0 => {
-                    t.by_importance.first().map(|&(_, _, id)| id)
-                }
-                _ => None,
+                TenantStatus::Online => t.waiting.first().map(|&(_, id)| id),
+                TenantStatus::Offline { .. } => t.by_importance.first().map(|&(_, _, id)| id),
             };
             let Some(id) = pick else {
                 continue;
@@ -488,8 +508,8 @@ impl Outbox {
                     .min(self.policy.max_retry_after());
                 let t = self.tenants.get_mut(&tenant).expect("held batch's tenant");
                 let until = later(now, wait);
-                let at = t.not_before.map_or(until, |nb| nb.max(until));
-                t.not_before = Some(at);
+                t.throttled_until = t.throttled_until.max(Some(until));
+                let at = t.not_before().unwrap_or(until);
                 let attempt = t.failures;
                 self.events.push_back(DeliveryEvent::RetryScheduled {
                     tenant,
@@ -524,7 +544,10 @@ impl Outbox {
             && matches!(t.status, TenantStatus::Offline { .. })
         {
             t.status = TenantStatus::Online;
-            t.not_before = None;
+            // The schedule ends with the outage; a throttle does not: the
+            // service asked for a pause, and a delivery of another batch
+            // says nothing about it.
+            t.retry_at = None;
             t.failures = 0;
             t.queued_failures = 0;
             t.queued = false;
@@ -576,8 +599,8 @@ impl Outbox {
                 later(now, base - Duration::milliseconds(cut))
             }
         };
-        let at = t.not_before.map_or(at, |nb| nb.max(at));
-        t.not_before = Some(at);
+        t.retry_at = Some(at);
+        let at = t.not_before().unwrap_or(at);
         let attempt = t.failures;
         self.events.push_back(DeliveryEvent::RetryScheduled {
             tenant,
@@ -624,10 +647,13 @@ impl Outbox {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
         let window = self.policy.cache_window();
+        let max = self.policy.max_in_flight();
         let tenants = self.tenants.values().filter_map(|t| {
+            // A tenant waiting only for time to pass: it has batches to send
+            // and room to send them.
             let send = t
-                .not_before
-                .filter(|_| !t.waiting.is_empty() && t.in_flight == 0);
+                .not_before()
+                .filter(|_| !t.waiting.is_empty() && t.has_room(max));
             let queue = match t.status {
                 TenantStatus::Offline { since } if !t.queued => Some(later(since, window)),
                 _ => None,
