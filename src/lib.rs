@@ -71,6 +71,7 @@ mod delivery;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+mod keys;
 // The README's Rust examples run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -90,6 +91,8 @@ pub use frame::{
     FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
     UNSEALED_OVERHEAD,
 };
+pub use keys::{DeterministicEntropy, Entropy, EntropyUnavailable, SystemEntropy};
+// keys: credential re-exports go here.
 pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
     Event, HealthState, Metadata, NameProblem, Performance, Record, RecordError, RecordLimits,
