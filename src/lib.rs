@@ -91,7 +91,12 @@ pub use frame::{
     FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
     UNSEALED_OVERHEAD,
 };
-pub use keys::{DeterministicEntropy, Entropy, EntropyUnavailable, SystemEntropy};
+pub use keys::{
+    Applied, DeterministicEntropy, Entropy, EntropyUnavailable, FramePeek, KeyAction, KeyCensus,
+    KeyError, KeyId, KeyInfo, KeyMaterial, KeyRing, KeyStatus, KeyStore, MemoryKeyStore,
+    RotationPolicy, RotationReason, SUITE_AES_256_GCM, SealPart, ShredReceipt, SystemEntropy,
+    WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
+};
 // keys: credential re-exports go here.
 pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,

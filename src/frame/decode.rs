@@ -75,6 +75,25 @@ fn scan_header(
     Ok(Ok(header))
 }
 
+/// Reads and checks the header at the start of `buf` (magic, version, header
+/// CRC, fields), without limits and without the body: enough to learn a
+/// frame's tenant, type, ids and seal section cheaply.
+pub(crate) fn peek_header(buf: &[u8]) -> Result<FrameHeader, FrameError> {
+    let unlimited = FrameLimits {
+        max_body: u32::MAX,
+        max_content: u32::MAX,
+        max_records: u32::MAX,
+        max_record_bytes: u32::MAX,
+    };
+    match scan_header(buf, &unlimited, None)? {
+        Ok(header) => Ok(header),
+        Err(at_least) => Err(FrameError::Truncated {
+            buffered: buf.len(),
+            at_least,
+        }),
+    }
+}
+
 /// Checks the body CRC of a frame whose header passed, if the body is there.
 fn scan_body(buf: &[u8], header: &FrameHeader) -> Result<Scan, FrameError> {
     let total = header.frame_len();

@@ -25,6 +25,7 @@ use crate::record::{DataType, RecordError};
 use crate::tenant::TenantId;
 
 pub use batcher::{Batcher, BatcherConfig, BatcherRejection, ClosedBatch};
+pub(crate) use decode::peek_header;
 pub use decode::{Decoded, FrameDecoder};
 pub use encode::{Frame, FrameEncoder};
 pub use header::{FrameHeader, SealSection};
