@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             ExitCode::from(64)
         }
         Err(Failure::Data(msg)) => {
-            eprintln!("frametool: {msg}");
+            eprintln!("frametool: {}", one_line(&msg));
             ExitCode::from(2)
         }
         // A closed pipe downstream is not an error worth a message.
@@ -291,4 +291,19 @@ fn decode(args: &[String]) -> Result<(), Failure> {
             e.check_name()
         ))
     })
+}
+
+/// The message on one line: control characters (a newline inside a record
+/// key quoted by an error, say) are written as escapes.
+fn one_line(msg: &str) -> String {
+    msg.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }

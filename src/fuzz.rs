@@ -111,7 +111,7 @@ fn repair_crcs(buf: &mut [u8]) {
         let Some(end) = body_at.checked_add(body_len as usize) else {
             return;
         };
-        if buf.len() < end + 4 {
+        if buf.len() < end.saturating_add(4) {
             return;
         }
         let crc = crc32fast::hash(&buf[body_at..end]);

@@ -300,23 +300,74 @@ proptest! {
         }
     }
 
-    /// One byte at a time: the strictest chunking.
+    /// One byte at a time: the strictest chunking, for either codec,
+    /// sealed or not.
     #[test]
-    fn byte_at_a_time(batch in batch_strategy()) {
-        let frame = encode(&batch, Codec::Deflate);
+    fn byte_at_a_time(batch in batch_strategy(), codec in codec(), sealed in any::<bool>()) {
+        let frame = frame_of(&batch, codec, sealed);
         let frames = decode_chunked(&mut FrameDecoder::new(FrameLimits::default()), frame.as_bytes(), &[1]).unwrap();
         prop_assert_eq!(frames, vec![frame]);
     }
 
     /// A single bit flipped anywhere never yields a frame.
     #[test]
-    fn a_bit_flip_anywhere_is_detected(batch in batch_strategy(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let frame = encode(&batch, Codec::Deflate);
+    fn a_bit_flip_anywhere_is_detected(
+        batch in batch_strategy(),
+        codec in codec(),
+        sealed in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let frame = frame_of(&batch, codec, sealed);
         let mut bytes = frame.as_bytes().to_vec();
         let i = at.index(bytes.len());
         bytes[i] ^= 1 << bit;
         prop_assert!(decode_all(&bytes).is_err(), "flip at byte {} bit {} went unnoticed", i, bit);
     }
+
+    /// A frame cut anywhere is `NeedMore` (and `Truncated` at the end),
+    /// never a frame and never another error.
+    #[test]
+    fn truncation_anywhere_needs_more(
+        batch in batch_strategy(),
+        codec in codec(),
+        sealed in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let frame = frame_of(&batch, codec, sealed);
+        let bytes = frame.as_bytes();
+        let cut = at.index(bytes.len());
+        let mut d = FrameDecoder::new(FrameLimits::default());
+        d.push(&bytes[..cut]);
+        match d.poll_frame() {
+            Ok(Decoded::NeedMore(n)) => prop_assert!(n >= 1 && n <= bytes.len() - cut),
+            other => prop_assert!(false, "cut {}: {:?}", cut, other),
+        }
+        if cut > 0 {
+            let truncated = matches!(d.finish(), Err(FrameError::Truncated { buffered, .. }) if buffered == cut);
+            prop_assert!(truncated, "cut {}: finish did not report the truncation", cut);
+        }
+    }
+}
+
+fn codec() -> impl Strategy<Value = Codec> {
+    prop_oneof![Just(Codec::None), Just(Codec::Deflate)]
+}
+
+/// The batch's frame, sealed under a fixed test key when `sealed`.
+fn frame_of(batch: &TenantBatch, codec: Codec, sealed: bool) -> Frame {
+    let frame = FrameEncoder::new()
+        .with_codec(codec)
+        .encode_frame(batch, batch_id(), created())
+        .unwrap();
+    if !sealed {
+        return frame;
+    }
+    let mut entropy = opsdata::DeterministicEntropy::from_u64(3);
+    let mut ring = opsdata::KeyRing::new(batch.tenant(), &opsdata::RotationPolicy::default());
+    let id = ring.generate(&mut entropy, created()).unwrap();
+    ring.promote(id, created()).unwrap();
+    opsdata::seal(&frame, &mut ring, &mut entropy, created()).unwrap()
 }
 
 #[test]
@@ -1054,4 +1105,50 @@ fn record_limits_are_used_by_encoder_and_batcher() {
         )
         .is_err()
     );
+}
+
+/// Bug: `FrameDecoder::finish` subtracted the buffered length from the
+/// pending frame's length, which underflowed (a panic in debug builds) when
+/// more than the frame was pushed after the header had been checked and
+/// `poll_frame` was not called again.
+#[test]
+fn regression_finish_after_pushing_past_a_pending_frame_does_not_panic() {
+    let frame = encode(&batch_of(DataType::Alert, vec![]), Codec::Deflate);
+    let bytes = frame.as_bytes();
+    let mut d = FrameDecoder::new(FrameLimits::default());
+    // The header arrives and is checked: the frame is now pending.
+    d.push(&bytes[..80.min(bytes.len() - 1)]);
+    assert!(matches!(d.poll_frame(), Ok(Decoded::NeedMore(_))));
+    // The rest of the frame and a stray byte arrive, with no poll after.
+    d.push(&bytes[80.min(bytes.len() - 1)..]);
+    d.push(&[0x89]);
+    match d.finish() {
+        Err(FrameError::Truncated { at_least, buffered }) => {
+            assert!(at_least >= 1);
+            assert_eq!(buffered, bytes.len() + 1);
+        }
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    // Polling still yields the whole frame, then waits for the next.
+    match d.poll_frame() {
+        Ok(Decoded::Frame(f)) => assert_eq!(&f, &frame),
+        other => panic!("expected the frame, got {other:?}"),
+    }
+}
+
+/// Bug: `Batcher::push` computed `now + max_age`, which panicked for a
+/// `now` near the end of chrono's range.
+#[test]
+fn regression_batcher_push_at_the_end_of_time_does_not_panic() {
+    let mut b = Batcher::new(BatcherConfig::default(), &FrameLimits::default()).unwrap();
+    let end = DateTime::<Utc>::MAX_UTC;
+    b.push(end, Tagged::new(tenant(), common::sample(DataType::State)))
+        .unwrap();
+    b.push(end, Tagged::new(tenant(), common::sample(DataType::State)))
+        .unwrap();
+    assert_eq!(b.poll_timeout(), Some(end));
+    b.handle_timeout(end);
+    let closed = drain(&mut b);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].record_count(), 2);
 }

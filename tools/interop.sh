@@ -70,4 +70,20 @@ for tool in "python3 $py" "$frametool"; do
     $tool decode < "$tmp/cut.opsf" > /dev/null 2>&1 || status=$?
     [ "$status" = 2 ] || { echo "interop: $tool exited $status on truncated input, expected 2"; exit 1; }
 done
+# An error message stays on one line even when it quotes a record key
+# with a newline in it.
+python3 - "$py" > "$tmp/newline.opsf" <<'PY'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("opsf", sys.argv[1])
+opsf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(opsf)
+payload = b'{"ObjectName\\nX":1}\n'
+sys.stdout.buffer.write(opsf._raw(payload, payload, codec=0))
+PY
+status=0
+"$frametool" decode < "$tmp/newline.opsf" > /dev/null 2> "$tmp/newline.err" || status=$?
+[ "$status" = 2 ] || { echo "interop: frametool exited $status on a bad record key, expected 2"; exit 1; }
+[ "$(wc -l < "$tmp/newline.err")" = 1 ] || { echo "interop: frametool's error is not one line:"; cat "$tmp/newline.err"; exit 1; }
+checked=$((checked + 1))
+
 echo "interop: $checked passed, 0 failed"

@@ -6,6 +6,14 @@ use super::{FrameError, FrameLimits, deflate_bound};
 use crate::record::{DataType, Record, RecordLimits};
 use crate::tenant::{Tagged, TenantId};
 
+/// When a batch opened at `opened` must close: saturating at the end of
+/// time, so a `now` near `DateTime::MAX_UTC` cannot make the batcher panic.
+fn deadline(opened: DateTime<Utc>, max_age: Duration) -> DateTime<Utc> {
+    opened
+        .checked_add_signed(max_age)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// When the [`Batcher`] closes a batch.
 ///
 /// Defaults: 65 536 records, 1 MiB of payload (JSON Lines), 10 seconds
@@ -350,7 +358,8 @@ impl Batcher {
         }
         batch.payload.push(b'\n');
         if batch.count == 0 {
-            self.deadlines.insert((now + self.config.max_age, key));
+            self.deadlines
+                .insert((deadline(now, self.config.max_age), key));
         }
         if batch.payload.len() > max_payload {
             // This record does not fit: close the batch without it and open
@@ -368,7 +377,8 @@ impl Batcher {
                 },
             );
             self.open_bytes += bytes + 1;
-            self.deadlines.insert((now + self.config.max_age, key));
+            self.deadlines
+                .insert((deadline(now, self.config.max_age), key));
         } else {
             batch.count += 1;
             self.open_bytes += bytes + 1;
@@ -383,7 +393,7 @@ impl Batcher {
     fn close(&mut self, key: Key, now: DateTime<Utc>) {
         if let Some(batch) = self.open.remove(&key) {
             self.deadlines
-                .remove(&(batch.opened_at + self.config.max_age, key));
+                .remove(&(deadline(batch.opened_at, self.config.max_age), key));
             self.open_bytes -= batch.payload.len();
             self.ready.push_back(ClosedBatch {
                 tenant: key.0,

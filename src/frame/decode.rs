@@ -282,7 +282,9 @@ impl FrameDecoder {
             return Ok(());
         }
         let at_least = match self.pending {
-            Some(h) => h.frame_len() - self.buf.len(),
+            // More than the frame may be buffered if poll_frame was not
+            // called since: never underflow, and always ask for one more.
+            Some(h) => h.frame_len().saturating_sub(self.buf.len()).max(1),
             None => match scan_header(&self.buf, &self.limits, self.expect) {
                 Ok(Err(n)) => n,
                 // poll_frame was not called after the last push: report the

@@ -121,7 +121,11 @@ impl FrameHeader {
     /// The whole frame's length on the wire.
     #[must_use]
     pub fn frame_len(&self) -> usize {
-        self.prefix_len() + self.body_len as usize + 4
+        // Saturating: on a 32-bit target a declared body near 4 GiB must not
+        // overflow (the limits refuse such a frame before it is buffered).
+        self.prefix_len()
+            .saturating_add(self.body_len as usize)
+            .saturating_add(4)
     }
 }
 

@@ -264,8 +264,10 @@ impl<'a> Lines<'a> {
             declared,
             data_type,
             limits,
-            // record_count is within the limit, checked by the caller.
-            records: Vec::with_capacity(declared as usize),
+            // record_count is within the limit, checked by the caller; but a
+            // tiny frame may declare many records, so reserve for a few only
+            // and let the vector grow as records actually arrive.
+            records: Vec::with_capacity((declared as usize).min(1024)),
             trailing: 0,
         }
     }
