@@ -6,7 +6,18 @@
 //!     JSON Lines records on stdin -> one frame on stdout
 //! frametool decode [--expect-tenant UUID]
 //!     concatenated frames on stdin -> one JSON object per frame per line
+//! frametool seal --kek-id N --kek-hex HEX [--seed N]
+//!     frames on stdin -> the same frames sealed under that key (the tenant
+//!     is each frame's own); --seed makes the data keys and nonces
+//!     reproducible (for test vectors only)
+//! frametool open --kek-id N --kek-hex HEX
+//!     sealed frames on stdin -> the same frames unsealed
+//! frametool rewrap --from-kek-id N --from-kek-hex HEX --to-kek-id M --to-kek-hex HEX [--seed N]
+//!     sealed frames on stdin -> the same frames with their data keys
+//!     wrapped under key M; bodies unchanged
 //! ```
+//!
+//! Keys are 64 hex digits (32 bytes).
 //!
 //! Exit status: 0 on success; 2 for invalid input (a bad record, an invalid
 //! frame, input that ends inside a frame), with a one-line message on
@@ -28,7 +39,9 @@ use opsdata::{
 use serde::Serialize;
 
 const USAGE: &str = "usage: frametool encode --tenant UUID --data-type NAME [--codec deflate|none] \
-[--level 0-9] [--batch-id UUID] [--created-ms N]\n       frametool decode [--expect-tenant UUID]";
+[--level 0-9] [--batch-id UUID] [--created-ms N]\n       frametool decode [--expect-tenant UUID]\n       \
+frametool seal --kek-id N --kek-hex HEX [--seed N]\n       frametool open --kek-id N --kek-hex HEX\n       \
+frametool rewrap --from-kek-id N --from-kek-hex HEX --to-kek-id M --to-kek-hex HEX [--seed N]";
 
 /// Why frametool stopped.
 enum Failure {
@@ -51,12 +64,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("encode") => encode(&args[1..]),
         Some("decode") => decode(&args[1..]),
+        Some("seal") => keys::seal(&args[1..]),
+        Some("open") => keys::open(&args[1..]),
+        Some("rewrap") => keys::rewrap(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
         }
         _ => Err(Failure::Usage(
-            "expected a command: encode or decode".into(),
+            "expected a command: encode, decode, seal, open or rewrap".into(),
         )),
     };
     match result {
@@ -306,4 +322,184 @@ fn one_line(msg: &str) -> String {
             escaped
         })
         .collect()
+}
+
+/// seal, open and rewrap: frames in, frames out, under keys given on the
+/// command line.
+mod keys {
+    use std::io::{self, Read, Write};
+
+    use opsdata::{
+        DeterministicEntropy, Entropy, Frame, FrameDecoder, FrameLimits, KeyId, KeyMaterial,
+        KeyRing, RotationPolicy, SystemEntropy, TenantId,
+    };
+
+    use super::{Failure, get, options};
+
+    fn key_id(opts: &[(&str, &str)], name: &str) -> Result<KeyId, Failure> {
+        let text = get(opts, name).ok_or_else(|| Failure::Usage(format!("{name} is required")))?;
+        let n: u32 = text
+            .parse()
+            .map_err(|e| Failure::Usage(format!("{name}: {e}")))?;
+        KeyId::new(n).map_err(|e| Failure::Usage(format!("{name}: {e}")))
+    }
+
+    fn key(opts: &[(&str, &str)], name: &str) -> Result<KeyMaterial, Failure> {
+        let text = get(opts, name).ok_or_else(|| Failure::Usage(format!("{name} is required")))?;
+        let bad = || Failure::Usage(format!("{name} must be 64 hex digits"));
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(KeyMaterial::from_bytes(bytes))
+    }
+
+    fn entropy(opts: &[(&str, &str)]) -> Result<Box<dyn Entropy>, Failure> {
+        Ok(match get(opts, "--seed") {
+            Some(s) => Box::new(DeterministicEntropy::from_u64(
+                s.parse()
+                    .map_err(|e| Failure::Usage(format!("--seed: {e}")))?,
+            )),
+            None => Box::new(SystemEntropy::new()),
+        })
+    }
+
+    /// Reads every frame on stdin (sealed frames are 84 bytes longer, so
+    /// the body limit allows for the seal).
+    fn frames() -> Result<Vec<Frame>, Failure> {
+        let mut input = Vec::new();
+        io::stdin().lock().read_to_end(&mut input)?;
+        let limits = FrameLimits::default()
+            .with_max_body(FrameLimits::DEFAULT_MAX_BODY + 16)
+            .expect("nonzero");
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&input);
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            match decoder.poll_frame() {
+                Ok(opsdata::Decoded::Frame(f)) => {
+                    offset += f.len();
+                    out.push(f);
+                }
+                Ok(opsdata::Decoded::NeedMore(_)) => break,
+                Err(e) => {
+                    return Err(Failure::Data(format!(
+                        "invalid frame at byte {offset}: {} ({e})",
+                        e.check_name()
+                    )));
+                }
+            }
+        }
+        decoder.finish().map_err(|e| {
+            Failure::Data(format!(
+                "invalid frame at byte {offset}: {} ({e})",
+                e.check_name()
+            ))
+        })?;
+        Ok(out)
+    }
+
+    /// A ring for `tenant` holding `keys` (ascending ids), the last of
+    /// `primary` promoted.
+    fn ring(
+        tenant: TenantId,
+        keys: Vec<(KeyId, KeyMaterial)>,
+        primary: Option<KeyId>,
+    ) -> Result<KeyRing, Failure> {
+        let now = chrono::Utc::now();
+        let mut ring = KeyRing::new(tenant, &RotationPolicy::default());
+        for (id, material) in keys {
+            ring.import(id, material, now)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+        }
+        if let Some(id) = primary {
+            ring.promote(id, now)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+        }
+        Ok(ring)
+    }
+
+    fn write(frames: &[Frame]) -> Result<(), Failure> {
+        let mut stdout = io::stdout().lock();
+        for f in frames {
+            stdout.write_all(f.as_bytes())?;
+        }
+        stdout.flush()?;
+        Ok(())
+    }
+
+    fn failed(f: &Frame, e: opsdata::KeyError) -> Failure {
+        Failure::Data(format!("frame {}: {e}", f.batch_id()))
+    }
+
+    pub(super) fn seal(args: &[String]) -> Result<(), Failure> {
+        let opts = options(args, &["--kek-id", "--kek-hex", "--seed"])?;
+        let id = key_id(&opts, "--kek-id")?;
+        let hex = get(&opts, "--kek-hex");
+        key(&opts, "--kek-hex")?;
+        let mut entropy = entropy(&opts)?;
+        let mut out = Vec::new();
+        for f in frames()? {
+            // The key is parsed again per frame: KeyMaterial is not Clone,
+            // so that copies of it stay few and deliberate.
+            let material = key(&[("--kek-hex", hex.unwrap_or_default())], "--kek-hex")?;
+            let mut r = ring(f.tenant(), vec![(id, material)], Some(id))?;
+            let now = chrono::Utc::now();
+            out.push(opsdata::seal(&f, &mut r, &mut entropy, now).map_err(|e| failed(&f, e))?);
+        }
+        write(&out)
+    }
+
+    pub(super) fn open(args: &[String]) -> Result<(), Failure> {
+        let opts = options(args, &["--kek-id", "--kek-hex"])?;
+        let id = key_id(&opts, "--kek-id")?;
+        let hex = get(&opts, "--kek-hex");
+        key(&opts, "--kek-hex")?;
+        let mut out = Vec::new();
+        for f in frames()? {
+            let material = key(&[("--kek-hex", hex.unwrap_or_default())], "--kek-hex")?;
+            let r = ring(f.tenant(), vec![(id, material)], None)?;
+            out.push(opsdata::open(&f, &r).map_err(|e| failed(&f, e))?);
+        }
+        write(&out)
+    }
+
+    pub(super) fn rewrap(args: &[String]) -> Result<(), Failure> {
+        let opts = options(
+            args,
+            &[
+                "--from-kek-id",
+                "--from-kek-hex",
+                "--to-kek-id",
+                "--to-kek-hex",
+                "--seed",
+            ],
+        )?;
+        let from = key_id(&opts, "--from-kek-id")?;
+        let to = key_id(&opts, "--to-kek-id")?;
+        if from == to {
+            return Err(Failure::Usage(
+                "--from-kek-id and --to-kek-id must differ".into(),
+            ));
+        }
+        key(&opts, "--from-kek-hex")?;
+        key(&opts, "--to-kek-hex")?;
+        let mut entropy = entropy(&opts)?;
+        let mut out = Vec::new();
+        for f in frames()? {
+            let mut keys = vec![
+                (from, key(&opts, "--from-kek-hex")?),
+                (to, key(&opts, "--to-kek-hex")?),
+            ];
+            keys.sort_by_key(|(id, _)| *id);
+            let mut r = ring(f.tenant(), keys, Some(to))?;
+            let now = chrono::Utc::now();
+            out.push(opsdata::rewrap(&f, &mut r, &mut entropy, now).map_err(|e| failed(&f, e))?);
+        }
+        write(&out)
+    }
 }

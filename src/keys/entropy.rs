@@ -29,6 +29,12 @@ impl<E: Entropy + ?Sized> Entropy for &mut E {
     }
 }
 
+impl<E: Entropy + ?Sized> Entropy for Box<E> {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyUnavailable> {
+        (**self).fill(dest)
+    }
+}
+
 /// The operating system's secure random number generator, through
 /// `ring::rand::SystemRandom`. The production [`Entropy`].
 #[derive(Clone)]

@@ -121,6 +121,16 @@ pub enum SealPart {
     StoredRing,
 }
 
+impl fmt::Display for SealPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SealPart::WrappedKey => "the wrapped data key",
+            SealPart::Body => "the body",
+            SealPart::StoredRing => "the stored key ring",
+        })
+    }
+}
+
 /// Everything that can go wrong with keys, seals and key stores. Messages
 /// never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +182,7 @@ pub enum KeyError {
     },
     /// Authentication failed: the bytes were altered, or sealed under other
     /// key material with the same id.
-    #[error("{part:?} failed authentication: tampered, or sealed under other key material")]
+    #[error("{part} failed authentication: tampered, or sealed under other key material")]
     Tampered {
         /// Which part failed.
         part: SealPart,
