@@ -91,8 +91,11 @@ pub use frame::{
     FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
     UNSEALED_OVERHEAD,
 };
+pub use keys::{
+    AgentCredentials, AgentKey, CertificateInfo, Credential, CredentialError, CredentialPhase,
+    CredentialPolicy, RenewalWindow, RetiredCredential,
+};
 pub use keys::{DeterministicEntropy, Entropy, EntropyUnavailable, SystemEntropy};
-// keys: credential re-exports go here.
 pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
     Event, HealthState, Metadata, NameProblem, Performance, Record, RecordError, RecordLimits,

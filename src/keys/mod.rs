@@ -1,7 +1,11 @@
 //! Keys: randomness from the caller ([`Entropy`]); key rings, seals and agent
 //! credentials build on it.
 
+mod credential;
 mod entropy;
-// credential: agent credentials (CredentialPolicy, AgentCredentials).
+pub use credential::{
+    AgentCredentials, AgentKey, CertificateInfo, Credential, CredentialError, CredentialPhase,
+    CredentialPolicy, RenewalWindow, RetiredCredential,
+};
 
 pub use entropy::{DeterministicEntropy, Entropy, EntropyUnavailable, SystemEntropy};
