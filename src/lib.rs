@@ -92,12 +92,15 @@ pub use frame::{
     UNSEALED_OVERHEAD,
 };
 pub use keys::{
+    AgentCredentials, AgentKey, CertificateInfo, Credential, CredentialError, CredentialPhase,
+    CredentialPolicy, RenewalWindow, RetiredCredential,
+};
+pub use keys::{
     Applied, DeterministicEntropy, Entropy, EntropyUnavailable, FramePeek, KeyAction, KeyCensus,
     KeyError, KeyId, KeyInfo, KeyMaterial, KeyRing, KeyStatus, KeyStore, MemoryKeyStore,
     RotationPolicy, RotationReason, SUITE_AES_256_GCM, SealPart, ShredReceipt, SystemEntropy,
     WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
 };
-// keys: credential re-exports go here.
 pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
     Event, HealthState, Metadata, NameProblem, Performance, Record, RecordError, RecordLimits,

@@ -8,13 +8,13 @@
 //! `now`. Key material is zeroized when dropped, never printed by `Debug`,
 //! and never handed out in the clear.
 
+mod credential;
 mod entropy;
 mod keyring;
 mod material;
 mod rotation;
 mod seal;
 mod store;
-// credential: agent credentials (added beside the rings).
 
 use std::fmt;
 
@@ -22,6 +22,11 @@ use chrono::{DateTime, Utc};
 
 use crate::frame::FrameError;
 use crate::tenant::TenantId;
+
+pub use credential::{
+    AgentCredentials, AgentKey, CertificateInfo, Credential, CredentialError, CredentialPhase,
+    CredentialPolicy, RenewalWindow, RetiredCredential,
+};
 
 pub use entropy::{DeterministicEntropy, Entropy, EntropyUnavailable, SystemEntropy};
 pub use keyring::{KeyInfo, KeyRing, ShredReceipt};
