@@ -2,36 +2,35 @@
 //!
 //! Sans-I/O primitives for a multi-tenant operational-data service in the
 //! style of Log Analytics / OMS: the six record schemas (Alert,
-//! Configuration, Event, Metadata, Performance, State), tenant tagging, and,
-//! as the crate grows, compressed frames, a delivery state machine, per-tenant
-//! keys and the service-side ingest.
+//! Configuration, Event, Metadata, Performance, State), tenant tagging,
+//! compressed self-describing frames, the agent's delivery state machine
+//! (retry every 8 minutes for 2 hours, then queue; when full, drop by data
+//! type starting with Performance), per-tenant keys rotated every 90 days,
+//! sealed frames, crypto-shredding, and agents' credential renewal.
 //!
 //! The crate does no I/O of its own: no sockets, files, threads, clocks or
 //! randomness. Every time-dependent call takes `now: DateTime<Utc>` from the
-//! caller, so it runs the same on a fake clock in a test as on the wall clock
-//! in an agent.
+//! caller, and randomness comes through [`Entropy`] or a seed, so it runs
+//! the same on a fake clock in a test as on the wall clock in an agent.
 //!
 //! ## Example
 //!
-//! Build records, tag them with their workspace, gather one tenant's
-//! records of one type into a batch, validate them and write them as JSON
-//! Lines, the payload format a frame carries:
+//! An agent batches a tenant's records into a frame and hands it to its
+//! [`Outbox`]; the first send fails, the retry goes 8 minutes later; the
+//! service seals what it received under the tenant's key and later opens it
+//! and reads the records back. All on a fake clock:
 //!
 //! ```
 //! use chrono::{Duration, TimeZone, Utc};
-//! use opsdata::{
-//!     DataType, Performance, Record, RecordLimits, Tagged, TenantBatch, TenantId,
-//! };
+//! use opsdata::*;
 //! use uuid::Uuid;
 //!
-//! // A fake clock: the caller owns time.
-//! let start = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+//! let start = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(); // the fake clock
 //! let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse()?;
-//! let limits = RecordLimits::default();
 //!
+//! // Agent: records -> batch -> frame -> outbox.
 //! let mut batch = TenantBatch::new(tenant, DataType::Performance);
 //! for i in 0..3u32 {
-//!     let now = start + Duration::seconds(10 * i64::from(i));
 //!     let record = Record::from(Performance {
 //!         object_name: "Processor".into(),
 //!         counter_name: "% Processor Time".into(),
@@ -39,21 +38,45 @@
 //!         performance_data_id: Uuid::from_u128(u128::from(i) + 1),
 //!         performance_source_internal_id: 42,
 //!         sample_value: 10.0 * f64::from(i),
-//!         time_sampled: now,
-//!         time_added: now,
+//!         time_sampled: start,
+//!         time_added: start,
 //!     });
-//!     record.validate(&limits)?;
+//!     record.validate(&RecordLimits::default())?;
 //!     batch.push(Tagged::new(tenant, record))?;
 //! }
+//! let batch_id = BatchId::from_time_and_random(start, [7; 10]); // caller's randomness
+//! let frame = FrameEncoder::new().encode_frame(&batch, batch_id, start)?;
+//! let mut outbox = Outbox::new(DeliveryPolicy::default(), 42);
+//! outbox.push(start, frame)?;
+//! while let Some(_op) = outbox.poll_storage() { /* persist to the spool */ }
 //!
-//! let mut payload = Vec::new();
-//! for record in batch.records() {
-//!     record.write_json(&mut payload);
-//!     payload.push(b'\n');
+//! // The service is unreachable: the tenant goes offline, retry in 8 minutes.
+//! let tx = outbox.poll_transmit(start).expect("a frame to send");
+//! outbox.handle_outcome(start, tx.batch_id, Outcome::Transient)?;
+//! assert_eq!(outbox.poll_timeout(), Some(start + Duration::minutes(8)));
+//! assert!(outbox.poll_transmit(start + Duration::minutes(7)).is_none());
+//! let later = start + Duration::minutes(8);
+//! outbox.handle_timeout(later);
+//! let tx = outbox.poll_transmit(later).expect("the retry");
+//! assert_eq!(tx.attempt, 2);
+//!
+//! // Service: check the frame, seal it under the tenant's primary key.
+//! let received = Frame::decode(tx.frame.as_bytes().clone(), &FrameLimits::default())?;
+//! let mut entropy = DeterministicEntropy::from_u64(1); // SystemEntropy in production
+//! let mut ring = KeyRing::new(tenant, &RotationPolicy::default());
+//! for action in RotationPolicy::default().evaluate(&ring, &KeyCensus::new(), later) {
+//!     let _ = ring.apply(&action, &mut entropy, later)?; // generate the first key
 //! }
-//! let first_line = payload.split(|&b| b == b'\n').next().unwrap();
-//! let back = Record::from_json(DataType::Performance, first_line)?;
-//! assert_eq!(&back, &batch.records()[0]);
+//! for action in RotationPolicy::default().evaluate(&ring, &KeyCensus::new(), later) {
+//!     let _ = ring.apply(&action, &mut entropy, later)?; // and promote it
+//! }
+//! let stored = seal(&received, &mut ring, &mut entropy, later)?;
+//! outbox.handle_outcome(later, tx.batch_id, Outcome::Delivered)?;
+//! assert_eq!(outbox.held_batches(), 0);
+//!
+//! // Later: open and read the records back.
+//! let records = open(&stored, &ring)?.records(&FrameLimits::default())?;
+//! assert_eq!(records, batch.records());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -61,8 +84,10 @@
 //!
 //! The public surface is flat: everything is re-exported from the crate
 //! root. Each subsystem has one error enum ([`RecordError`],
-//! [`TenantError`]). `ARCHITECTURE.md` in the repository describes the
-//! modules and the direction of their dependencies.
+//! [`TenantError`], [`FrameError`], [`DeliveryError`] and [`PolicyError`]
+//! for delivery, [`KeyError`], [`CredentialError`]). `ARCHITECTURE.md` in
+//! the repository describes the modules and the direction of their
+//! dependencies; `docs/` specifies every format.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -930,3 +930,56 @@ fn sealed_vectors_open_and_reseal_byte_for_byte() {
     }
     assert_eq!(count, 4);
 }
+
+/// The stored ring's bytes are laid out as `docs/KEYS.md` says: decrypted
+/// here by hand, field by field.
+#[test]
+fn the_stored_ring_follows_docs_keys_md() {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let mut e = DeterministicEntropy::from_u64(15);
+    let mut ring = KeyRing::new(tenant(), &RotationPolicy::default());
+    ring.import(id(3), KeyMaterial::from_bytes([0x33; 32]), t0())
+        .unwrap();
+    ring.promote(id(3), t0()).unwrap();
+    let wrapping = WrappingKey::new(0x0102_0304, KeyMaterial::from_bytes([0x77; 32]));
+    let b = ring.to_sealed(&wrapping, &mut e).unwrap();
+    assert_eq!(&b[0..4], b"\x89OPK");
+    assert_eq!(&b[4..8], &[1, 1, 0, 0]);
+    assert_eq!(&b[8..12], &[1, 2, 3, 4]);
+    assert_eq!(&b[12..28], tenant().as_bytes());
+    let ct_len = u32::from_be_bytes(b[40..44].try_into().unwrap()) as usize;
+    assert_eq!(ct_len, b.len() - 44);
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[0x77; 32]).unwrap());
+    let mut ct = b[44..].to_vec();
+    let plain = key
+        .open_in_place(
+            Nonce::try_assume_unique_for_key(&b[28..40]).unwrap(),
+            Aad::from(&b[..44]),
+            &mut ct,
+        )
+        .unwrap();
+    assert_eq!(&plain[0..16], tenant().as_bytes());
+    assert_eq!(
+        u64::from_be_bytes(plain[16..24].try_into().unwrap()),
+        3_865_470_566
+    );
+    assert_eq!(plain[24], 0, "neither closing nor shredded");
+    let none = i64::MIN.to_be_bytes();
+    assert_eq!(&plain[25..33], &none);
+    assert_eq!(&plain[41..49], &none);
+    assert_eq!(&plain[49..53], &[0, 0, 0, 1]);
+    let v = &plain[53..];
+    assert_eq!(&v[0..4], &[0, 0, 0, 3]);
+    assert_eq!(v[4], 2, "Primary");
+    assert_eq!(v[5], 4, "material present");
+    assert_eq!(&v[6..14], &t0().timestamp_millis().to_be_bytes());
+    assert_eq!(
+        &v[14..22],
+        &t0().timestamp_millis().to_be_bytes(),
+        "promoted"
+    );
+    assert_eq!(&v[22..30], &none, "demoted");
+    assert_eq!(&v[46..54], &0u64.to_be_bytes(), "usage");
+    assert_eq!(&v[54..86], &[0x33; 32]);
+    assert_eq!(v.len(), 86);
+}
