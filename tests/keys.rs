@@ -888,6 +888,128 @@ proptest! {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum LifeOp {
+    Wait(i64),
+    Seal,
+    Compromise,
+    Close,
+    Cancel,
+}
+
+fn life_op() -> impl Strategy<Value = LifeOp> {
+    prop_oneof![
+        4 => (1i64..(40 * 24)).prop_map(LifeOp::Wait),
+        4 => Just(LifeOp::Seal),
+        1 => Just(LifeOp::Compromise),
+        1 => Just(LifeOp::Close),
+        1 => Just(LifeOp::Cancel),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Compromise and shredding under random schedules, every due action
+    /// carried out after each step (rewraps too). Checked: a compromise of
+    /// the primary promotes a new key at that instant and the compromised
+    /// key never seals again; nothing is shredded before the grace period
+    /// after the (uncancelled) close; after shredding every frame fails
+    /// with KeyDestroyed and the receipt names every version; before it,
+    /// every frame sealed opens.
+    #[test]
+    fn compromise_and_shredding_keep_their_promises(
+        ops in proptest::collection::vec(life_op(), 1..80),
+        seed in any::<u64>(),
+    ) {
+        let policy = RotationPolicy::default();
+        let mut e = DeterministicEntropy::from_u64(seed);
+        let mut ring = KeyRing::new(tenant(), &policy);
+        let mut now = t0();
+        let mut sealed: Vec<Frame> = Vec::new();
+        let mut compromised: Vec<KeyId> = Vec::new();
+        let mut closed_at: Option<DateTime<Utc>> = None;
+        let mut receipt = None;
+        let mut n = 0u128;
+        for op in ops {
+            match op {
+                LifeOp::Wait(h) => now += Duration::hours(h),
+                LifeOp::Seal => {
+                    n += 1;
+                    match seal(&frame(n), &mut ring, &mut e, now) {
+                        Ok(f) => {
+                            let k = peek(f.as_bytes()).unwrap().kek_id.unwrap();
+                            prop_assert!(!compromised.contains(&k), "sealed under compromised {:?}", k);
+                            sealed.push(f);
+                        }
+                        Err(KeyError::NoPrimaryKey { .. }) => prop_assert!(ring.primary().is_none()),
+                        Err(KeyError::Shredded { .. }) => prop_assert!(receipt.is_some()),
+                        Err(err) => prop_assert!(false, "seal: {}", err),
+                    }
+                }
+                LifeOp::Compromise => {
+                    if let Some(p) = ring.primary().map(|p| p.id) {
+                        let new = ring.compromise(p, &mut e, now).unwrap().unwrap();
+                        prop_assert_eq!(ring.primary().unwrap().id, new);
+                        prop_assert_eq!(ring.primary().unwrap().promoted, Some(now));
+                        compromised.push(p);
+                    }
+                }
+                LifeOp::Close => {
+                    if receipt.is_none() {
+                        ring.close(&policy, now).unwrap();
+                        closed_at = closed_at.or(Some(now));
+                    }
+                }
+                LifeOp::Cancel => {
+                    if receipt.is_none() && closed_at.take().is_some() {
+                        ring.cancel_close().unwrap();
+                    }
+                }
+            }
+            for _round in 0..6 {
+                let mut census = KeyCensus::new();
+                for f in &sealed {
+                    census.add(peek(f.as_bytes()).unwrap().kek_id.unwrap());
+                }
+                let actions = policy.evaluate(&ring, &census, now);
+                if actions.is_empty() {
+                    break;
+                }
+                for a in &actions {
+                    match ring.apply(a, &mut e, now).unwrap() {
+                        Applied::RewrapNeeded { from, .. } => {
+                            for f in sealed.iter_mut() {
+                                if peek(f.as_bytes()).unwrap().kek_id == Some(from) {
+                                    *f = rewrap(f, &mut ring, &mut e, now).unwrap();
+                                }
+                            }
+                        }
+                        Applied::Shredded(r) => {
+                            let closed = closed_at.expect("shredded without a close");
+                            prop_assert!(now >= closed + Duration::days(30));
+                            prop_assert_eq!(r.closed_at, closed);
+                            prop_assert_eq!(r.key_ids.clone(), ring.versions().map(|v| v.id).collect::<Vec<_>>());
+                            receipt = Some(r);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for c in &compromised {
+                prop_assert!(ring.get(*c).unwrap().status != KeyStatus::Primary);
+            }
+            for f in &sealed {
+                match (open(f, &ring), &receipt) {
+                    (Ok(_), None) => {}
+                    (Err(KeyError::KeyDestroyed { .. }), Some(_)) => {}
+                    (other, r) => prop_assert!(false, "open gave {:?} with receipt {:?}", other.map(|_| ()), r),
+                }
+            }
+        }
+    }
+}
+
 /// The committed sealed vectors open to their unsealed frames, and sealing
 /// (or rewrapping) again from the recorded seed gives the same bytes.
 #[test]

@@ -374,7 +374,7 @@ impl RotationPolicy {
     ///   still needs it.
     /// - A disabled version, `destroy_after` after it was disabled and with
     ///   nothing counted under it (or all past retention): destroy it.
-    /// - A closed workspace past its grace period: shred.
+    /// - A closed workspace past its grace period: shred, and nothing else.
     #[must_use]
     pub fn evaluate(
         &self,
@@ -389,7 +389,10 @@ impl RotationPolicy {
         if let Some((_, shred_at)) = ring.closing()
             && shred_at <= now
         {
+            // Nothing else matters once the keys are due to go, and nothing
+            // else could be carried out after.
             actions.push(KeyAction::Shred);
+            return actions;
         }
         let pending = ring.pending();
         match (ring.primary(), pending) {
