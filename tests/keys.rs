@@ -649,6 +649,13 @@ fn shredding_waits_for_the_grace_period_and_destroys_every_key() {
             .evaluate(&ring, &KeyCensus::new(), due)
             .contains(&KeyAction::Shred)
     );
+    // When shredding is due nothing else is asked for, even a rotation
+    // that is also due (it could not be carried out after the shredding).
+    let much_later = due + Duration::days(100);
+    assert_eq!(
+        policy.evaluate(&ring, &KeyCensus::new(), much_later),
+        vec![KeyAction::Shred]
+    );
     open(&sealed, &ring).unwrap();
     let receipt = match ring.apply(&KeyAction::Shred, &mut e, due).unwrap() {
         Applied::Shredded(r) => r,
