@@ -92,6 +92,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod auth;
 mod delivery;
 mod frame;
 #[doc(hidden)]
@@ -105,6 +106,11 @@ mod record;
 mod solution;
 mod tenant;
 
+pub use auth::{
+    AgentServiceSignature, AuthError, AuthPolicy, DataCollectorSignature, EnrollmentKey, KeySlot,
+    PeerReply, Verified, WorkspaceKeys, content_hash, sign_agent_service, sign_data_collector,
+    verify_agent_service, verify_data_collector,
+};
 pub use delivery::{
     Agent, AgentError, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, MemorySpool,
     MemoryTransport, Outbox, Outcome, Phase, PolicyError, RecoveryReport, Spool, StorageOp,
