@@ -106,6 +106,7 @@ mod record;
 mod solution;
 mod tenant;
 
+pub use auth::{AGENT_OU, AgentIdentity, EnrollmentCa, Principal, subject_ids};
 pub use auth::{
     AgentServiceSignature, AuthError, AuthPolicy, DataCollectorSignature, EnrollmentKey, KeySlot,
     PeerReply, Verified, WorkspaceKeys, content_hash, sign_agent_service, sign_data_collector,

@@ -13,6 +13,8 @@
 //! Errors keep the detailed reason for the service's logs;
 //! [`AuthError::peer_reply`] is all a peer should be told.
 
+mod identity;
+
 use std::fmt;
 
 use base64::Engine;
@@ -23,6 +25,8 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::tenant::TenantId;
+
+pub use identity::{AGENT_OU, AgentIdentity, EnrollmentCa, Principal, subject_ids};
 
 /// The longest header value read: longer ones are refused unread.
 const MAX_HEADER: usize = 1024;
@@ -272,6 +276,10 @@ pub enum AuthError {
     /// A setting that makes no sense.
     #[error("auth policy: {0}")]
     Policy(&'static str),
+    /// A client certificate (chain) that does not validate against the
+    /// enrollment CA, or whose subject does not name a workspace and agent.
+    #[error("client certificate: {0}")]
+    Certificate(String),
 }
 
 impl AuthError {
