@@ -97,6 +97,7 @@ mod delivery;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+mod ingest;
 mod keys;
 // The README's Rust examples run as doctests.
 #[cfg(doctest)]
@@ -122,6 +123,10 @@ pub use frame::{
     FIXED_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, Frame, FrameDecoder, FrameEncoder, FrameError,
     FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
     UNSEALED_OVERHEAD,
+};
+pub use ingest::{
+    BlobStore, FrameAnswer, Ingest, IngestConfig, IngestError, IngestReport, MemoryBlobStore,
+    ObjectKey, RateLimit, StoreOp, TenantStats, WrongTenant, apply_store_op, read_back,
 };
 pub use keys::{
     AgentCredentials, AgentKey, CertificateInfo, Credential, CredentialError, CredentialPhase,
