@@ -599,3 +599,44 @@ fn spool_order_is_persist_order() {
     s.load(&mut |bytes| got.push(bytes)).unwrap();
     assert_eq!(got, vec![b.as_bytes().clone(), a.as_bytes().clone()]);
 }
+
+/// Bug: with `jitter_percent` 100 the random cut could take the whole of a
+/// queued wait, scheduling the retry at the very time of the failure (a
+/// zero wait), so a driver sending whatever is due spins on one batch.
+#[test]
+fn regression_full_jitter_never_schedules_a_retry_at_the_failure() {
+    let ms = Duration::milliseconds(1);
+    let policy = DeliveryPolicy::default()
+        .with_retry_interval(ms)
+        .unwrap()
+        .with_queue_retry_max(ms)
+        .unwrap()
+        .with_cache_window(ms)
+        .unwrap()
+        .with_jitter_percent(100)
+        .unwrap();
+    for seed in 0..8 {
+        let mut o = Outbox::new(policy.clone(), seed);
+        o.push(t0(), frame(1, DataType::Alert, 1, 1)).unwrap();
+        let mut now = t0();
+        for failure in 0..40 {
+            let tx = o.poll_transmit(now).expect("the probe is due");
+            o.handle_outcome(now, tx.batch_id, Outcome::Transient)
+                .unwrap();
+            let at = events(&mut o)
+                .into_iter()
+                .find_map(|e| match e {
+                    DeliveryEvent::RetryScheduled { at, .. } => Some(at),
+                    _ => None,
+                })
+                .expect("a retry is scheduled");
+            assert!(
+                at > now,
+                "seed {seed} failure {failure}: retry at {at}, failed at {now}"
+            );
+            assert!(o.poll_transmit(now).is_none(), "sent again at once");
+            now = o.poll_timeout().unwrap();
+            o.handle_timeout(now);
+        }
+    }
+}

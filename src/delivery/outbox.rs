@@ -596,7 +596,11 @@ impl Outbox {
                 } else {
                     0
                 };
-                later(now, base - Duration::milliseconds(cut))
+                // Jitter never takes a queued wait below `retry_interval`:
+                // no queued retry comes sooner than one in the cache window
+                // would, and none at the very time of the failure.
+                let wait = (base - Duration::milliseconds(cut)).max(interval);
+                later(now, wait)
             }
         };
         t.retry_at = Some(at);

@@ -129,7 +129,9 @@ impl DeliveryPolicy {
         self.queue_retry_max
     }
     /// How much of a queued wait may be shaved off at random, in percent of
-    /// the wait (so waits never pass `queue_retry_max`). Default 20.
+    /// the wait (so waits never pass `queue_retry_max`), but never below
+    /// `retry_interval`: even at 100 % no queued wait is shorter than the
+    /// waits within the cache window, and none is zero. Default 20.
     #[must_use]
     pub fn jitter_percent(&self) -> u8 {
         self.jitter_percent
