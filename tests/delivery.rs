@@ -103,7 +103,8 @@ fn retries_every_8_minutes_for_2_hours_then_queues_with_backoff() {
         o.handle_outcome(now, tx.batch_id, Outcome::Transient)
             .unwrap();
     }
-    assert_eq!(waits, [16, 32, 60, 60, 60]);
+    // Queued waits: retry_interval, then doubling, capped at 1 h.
+    assert_eq!(waits, [8, 16, 32, 60, 60]);
     // Success brings the tenant back.
     let due = o.poll_timeout().unwrap();
     let tx = o.poll_transmit(due).unwrap();
@@ -142,10 +143,10 @@ fn jitter_only_shortens_queued_waits_and_is_reproducible() {
     let a = run(7);
     assert_eq!(a, run(7));
     assert_ne!(a, run(8));
-    // The first wait is the cache-window slot; queued waits lie within
-    // [80 %, 100 %] of min(8 min * 2^n, 1 h).
+    // The first wait is the cache-window slot; queued wait n lies within
+    // [80 %, 100 %] of min(8 min * 2^(n-1), 1 h).
     for (n, w) in a.iter().enumerate().skip(1) {
-        let base = (Duration::minutes(8) * (1 << n)).min(Duration::hours(1));
+        let base = (Duration::minutes(8) * (1 << (n - 1))).min(Duration::hours(1));
         assert!(
             *w <= base && *w >= base * 4 / 5,
             "wait {n}: {w} against {base}"
@@ -639,4 +640,31 @@ fn regression_full_jitter_never_schedules_a_retry_at_the_failure() {
             o.handle_timeout(now);
         }
     }
+}
+
+/// Bug: the first queued wait (the first retry past the cache window) was
+/// 2 × `retry_interval`, not `retry_interval`: the queued-failure count was
+/// incremented before the backoff exponent was taken from it.
+#[test]
+fn regression_first_queued_wait_is_one_retry_interval() {
+    let policy = no_jitter().with_cache_window(Duration::minutes(8)).unwrap();
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0(), frame(1, DataType::Alert, 1, 1)).unwrap();
+    let tx = o.poll_transmit(t0()).unwrap();
+    o.handle_outcome(t0(), tx.batch_id, Outcome::Transient)
+        .unwrap();
+    // The one slot inside the window: F + 8 min.
+    let mut now = t0();
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let due = o.poll_timeout().unwrap();
+        waits.push((due - now).num_minutes());
+        now = due;
+        o.handle_timeout(now);
+        let tx = o.poll_transmit(now).unwrap();
+        o.handle_outcome(now, tx.batch_id, Outcome::Transient)
+            .unwrap();
+    }
+    // In the window: 8; queued: 8, 16, 32, then capped at 60.
+    assert_eq!(waits, [8, 8, 16, 32, 60, 60]);
 }

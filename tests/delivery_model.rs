@@ -18,8 +18,10 @@
 //!   `Rejected` bring it back; offline, one probe at a time, the oldest of
 //!   the most important type; online, oldest first, `max_in_flight` at most;
 //! - schedule: probes no earlier than `F + k * retry_interval`, at the next
-//!   grid slot within the cache window, then growing waits capped at
-//!   `queue_retry_max`; `Queued` once the window has passed;
+//!   grid slot within the cache window, then queued waits of
+//!   `retry_interval`, doubling, capped at `queue_retry_max` (exactly
+//!   without jitter; jitter only shortens them, never below
+//!   `retry_interval`); `Queued` once the window has passed;
 //! - throttling: no send of a tenant before `now + min(retry_after,
 //!   max_retry_after)`, and the timer wakes the host when that time comes;
 //! - liveness: when `poll_transmit` runs dry no tenant could still send;
@@ -171,8 +173,9 @@ struct Outage {
     sched_at: DateTime<Utc>,
     /// Whether `Queued` was given.
     queued: bool,
-    /// The last wait once past the cache window (for "waits grow").
-    queued_wait: Option<Duration>,
+    /// Failures past the cache window: the next queued wait is
+    /// `retry_interval * 2^queued_failures`, capped at `queue_retry_max`.
+    queued_failures: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -884,7 +887,7 @@ impl Harness {
                                 probe_failures: 0,
                                 sched_at: now,
                                 queued: false,
-                                queued_wait: None,
+                                queued_failures: 0,
                             });
                             self.expect_retry(&mut events, t)?;
                         }
@@ -971,13 +974,17 @@ impl Harness {
         let slot = o.since + interval * i32::try_from(k).unwrap();
         let queued = slot > o.since + window;
         let (lo, hi) = if queued {
-            // Waits grow (exactly, without jitter), up to queue_retry_max.
-            let min_wait = if jitter == 0 {
-                o.queued_wait.unwrap_or(interval)
-            } else {
-                Duration::zero()
-            };
-            (grid.max(f + min_wait), f + qmax)
+            // The first queued wait is retry_interval, then doubling, capped
+            // at queue_retry_max; jitter shaves up to jitter_percent of it
+            // off, but never below retry_interval.
+            let base = i32::try_from(o.queued_failures)
+                .ok()
+                .filter(|&n| n < 31)
+                .and_then(|n| interval.checked_mul(1 << n))
+                .map_or(qmax, |b| b.min(qmax));
+            let shave = Duration::milliseconds(base.num_milliseconds() * i64::from(jitter) / 100);
+            let min_wait = (base - shave).max(interval);
+            (grid.max(f + min_wait), f + base)
         } else {
             (grid, slot)
         };
@@ -1012,8 +1019,8 @@ impl Harness {
             format!("tenant {t} throttled until {throttle}, its retry is scheduled at {at}")
         })?;
         o.sched_at = at;
-        if queued && at > throttle {
-            o.queued_wait = Some(at - f);
+        if queued {
+            o.queued_failures += 1;
         }
         Ok(())
     }

@@ -584,10 +584,11 @@ impl Outbox {
         let at = match slot.filter(|&slot| slot <= later(since, window)) {
             Some(slot) => slot,
             None => {
-                t.queued_failures += 1;
+                // The first queued wait is `retry_interval`, then doubling.
                 let exp = t.queued_failures.min(30);
+                t.queued_failures = t.queued_failures.saturating_add(1);
                 let base = interval
-                    .checked_mul(1i32 << exp.min(30))
+                    .checked_mul(1i32 << exp)
                     .unwrap_or(self.policy.queue_retry_max())
                     .min(self.policy.queue_retry_max());
                 let shave = base.num_milliseconds() * i64::from(self.policy.jitter_percent()) / 100;
