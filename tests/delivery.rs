@@ -668,3 +668,52 @@ fn regression_first_queued_wait_is_one_retry_interval() {
     // In the window: 8; queued: 8, 16, 32, then capped at 60.
     assert_eq!(waits, [8, 8, 16, 32, 60, 60]);
 }
+
+/// A transport that always answers `outcome` and fails the test if one
+/// `Agent` call sends more than `cap` times.
+struct Stubborn {
+    outcome: Outcome,
+    sends: u32,
+    cap: u32,
+}
+
+impl opsdata::Transport for Stubborn {
+    fn send(&mut self, _now: DateTime<Utc>, _tx: &opsdata::Transmit) -> Outcome {
+        self.sends += 1;
+        assert!(self.sends <= self.cap, "one call sent {} times", self.sends);
+        self.outcome
+    }
+}
+
+/// Bug: at `now == DateTime::MAX_UTC` a failing tenant's retry time
+/// saturates at `now`, so the batch is due again at once and
+/// `Agent::drive` sends it forever; a service answering `Throttled` with no
+/// wait did the same at any time. Each call now sends each batch at most
+/// once.
+#[test]
+fn regression_agent_drive_is_bounded_at_the_end_of_time() {
+    let cases = [
+        (DateTime::<Utc>::MAX_UTC, Outcome::Transient),
+        (
+            t0(),
+            Outcome::Throttled {
+                retry_after: Duration::zero(),
+            },
+        ),
+    ];
+    for (now, outcome) in cases {
+        let transport = Stubborn {
+            outcome,
+            sends: 0,
+            cap: 1000,
+        };
+        let mut agent = Agent::new(Outbox::new(no_jitter(), 1), transport, MemorySpool::new());
+        agent.push(now, frame(1, DataType::Alert, 1, 1)).unwrap();
+        assert_eq!(agent.transport().sends, 1, "{outcome:?}: one send a call");
+        agent.push(now, frame(1, DataType::Event, 1, 2)).unwrap();
+        agent.tick(now).unwrap();
+        assert!(agent.transport().sends <= 4, "{outcome:?}");
+        assert_eq!(agent.outbox().held_batches(), 2);
+        assert_eq!(agent.spool().len(), 2);
+    }
+}

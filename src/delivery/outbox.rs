@@ -411,6 +411,17 @@ impl Outbox {
     /// in flight; an offline tenant sends one probe (its oldest batch of the
     /// most important type) when its schedule allows.
     pub fn poll_transmit(&mut self, now: DateTime<Utc>) -> Option<Transmit> {
+        self.next_transmit(now, |_| false)
+    }
+
+    /// [`poll_transmit`](Outbox::poll_transmit), passing over a tenant
+    /// whose next batch is one `skip` names (the [`Agent`](super::Agent)
+    /// skips batches it has already sent in the same call).
+    pub(crate) fn next_transmit(
+        &mut self,
+        now: DateTime<Utc>,
+        skip: impl Fn(BatchId) -> bool,
+    ) -> Option<Transmit> {
         let now = self.observe(now);
         let max = self.policy.max_in_flight();
         let order: Vec<TenantId> = match self.cursor {
@@ -434,7 +445,7 @@ impl Outbox {
                 TenantStatus::Online => t.waiting.first().map(|&(_, id)| id),
                 TenantStatus::Offline { .. } => t.by_importance.first().map(|&(_, _, id)| id),
             };
-            let Some(id) = pick else {
+            let Some(id) = pick.filter(|&id| !skip(id)) else {
                 continue;
             };
             self.unmark_waiting(id);
@@ -458,6 +469,12 @@ impl Outbox {
     }
 
     /// Reports how a transmit went.
+    ///
+    /// A `Transient` failure schedules the tenant's next attempt strictly
+    /// after `now` (at least `retry_interval` later once queued, jitter
+    /// included), except at `DateTime::MAX_UTC`, where times saturate. A
+    /// `Throttled` is honoured as asked: with no wait, the batch is due
+    /// again at once.
     ///
     /// # Errors
     ///
