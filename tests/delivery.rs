@@ -717,3 +717,82 @@ fn regression_agent_drive_is_bounded_at_the_end_of_time() {
         assert_eq!(agent.spool().len(), 2);
     }
 }
+
+/// Dropped batch ids in `events`, with their reasons.
+fn drops(events: &[DeliveryEvent]) -> Vec<(BatchId, DropReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DeliveryEvent::Dropped {
+                batch_id, reason, ..
+            } => Some((*batch_id, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bug: a frame that could not fit even after every batch ranked before it
+/// was gone (larger than the limit, or the room taken by batches in flight
+/// or of more important types) first evicted that whole backlog and was
+/// then refused anyway. Now the new frame alone is dropped, nothing else.
+#[test]
+fn regression_an_unfittable_frame_evicts_nothing() {
+    let id = |n| BatchId::new(Uuid::from_u128(n)).unwrap();
+    let small = frame(1, DataType::Performance, 1, 1).len() as u64;
+    let big = frame(1, DataType::Alert, 40, 9);
+    assert!(big.len() as u64 > 3 * small);
+
+    // Larger than limit_bytes itself.
+    let policy = no_jitter().with_limit_bytes(3 * small).unwrap();
+    let mut o = Outbox::new(policy, 1);
+    for n in 1..=2 {
+        o.push(t0(), frame(1, DataType::Performance, 1, n)).unwrap();
+    }
+    let _ = storage(&mut o);
+    o.push(t0(), big.clone()).unwrap();
+    assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
+    assert!(storage(&mut o).is_empty(), "nothing persisted or removed");
+    assert_eq!(o.held_batches(), 2);
+
+    // Room taken by a batch in flight: evicting the waiting Performance
+    // batch would not make enough.
+    let policy = no_jitter()
+        .with_limit_bytes(big.len() as u64 + small)
+        .unwrap();
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0(), frame(1, DataType::Event, 2, 1)).unwrap();
+    let tx = o.poll_transmit(t0()).unwrap();
+    o.handle_outcome(t0(), tx.batch_id, Outcome::Transient)
+        .unwrap();
+    o.push(t0(), frame(1, DataType::Performance, 1, 2)).unwrap();
+    let probe = o.poll_transmit(t0() + Duration::minutes(8)).unwrap();
+    assert_eq!(probe.batch_id, id(1), "the Event batch is in flight");
+    let _ = events(&mut o);
+    o.push(t0() + Duration::minutes(8), big.clone()).unwrap();
+    assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
+    assert_eq!(
+        o.phase(id(2)),
+        Some(Phase::Cached),
+        "the Performance batch stays"
+    );
+
+    // A tenant share: only the tenant's own batches count, and its Alert
+    // is ranked after the new Event frame.
+    let event = frame(1, DataType::Event, 40, 9);
+    let alert = frame(1, DataType::Alert, 3, 2);
+    assert!(event.len() as u64 / 2 > small);
+    let share = alert.len() as u64 + small + event.len() as u64 / 2;
+    let policy = no_jitter()
+        .with_tenant_limit_bytes(Some(share))
+        .unwrap()
+        .with_max_in_flight(1)
+        .unwrap();
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0(), frame(2, DataType::Performance, 1, 3)).unwrap();
+    o.push(t0(), frame(1, DataType::Performance, 1, 1)).unwrap();
+    o.push(t0(), alert).unwrap();
+    let _ = events(&mut o);
+    o.push(t0(), event).unwrap();
+    assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
+    assert_eq!(o.held_batches(), 3);
+}

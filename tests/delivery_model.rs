@@ -13,7 +13,9 @@
 //!   policy, and equal to the model's sums;
 //! - drop priority: each `QueueFull` drop is, among the batches not in
 //!   flight and the new frame, the oldest of the first type in `drop_order`,
-//!   and only while the new frame does not fit;
+//!   and only while the new frame does not fit; a new frame that would not
+//!   fit even with every batch the rule puts before it gone is dropped
+//!   alone, evicting nothing;
 //! - connectivity: `Transient` takes a tenant offline, `Delivered` /
 //!   `Rejected` bring it back; offline, one probe at a time, the oldest of
 //!   the most important type; online, oldest first, `max_in_flight` at most;
@@ -290,6 +292,27 @@ impl Model {
                 .is_some_and(|n| self.held.len() as u64 + 1 > n)
             || p.tenant_limit_bytes()
                 .is_some_and(|n| self.tenant_bytes(tenant) + bytes > n)
+    }
+
+    /// Whether evicting every batch the drop rule puts before `new` (not in
+    /// flight, of its tenant when there is a per-tenant limit, a type no
+    /// later in `drop_order`) would make room for it.
+    fn could_fit(&self, new: &Batch) -> bool {
+        let own_only = self.policy.tenant_limit_bytes().is_some();
+        let stays =
+            |b: &&Batch| b.in_flight || (own_only && b.tenant != new.tenant) || b.rank > new.rank;
+        let kept: Vec<&Batch> = self.held.iter().filter(stays).collect();
+        let p = &self.policy;
+        let bytes: u64 = kept.iter().map(|b| b.bytes).sum();
+        let tenant: u64 = kept
+            .iter()
+            .filter(|b| b.tenant == new.tenant)
+            .map(|b| b.bytes)
+            .sum();
+        bytes + new.bytes <= p.limit_bytes()
+            && p.limit_batches().is_none_or(|n| (kept.len() as u64) < n)
+            && p.tenant_limit_bytes()
+                .is_none_or(|n| tenant + new.bytes <= n)
     }
 
     /// The batch the drop rule takes next: among the batches not in flight
@@ -648,6 +671,8 @@ impl Harness {
             sends: 0,
         };
         let (events, ops) = self.drain();
+        // Hopeless: the new frame goes alone, before anything is evicted.
+        let hopeless = !self.m.could_fit(&new);
         let mut new_dropped = false;
         let mut other = Vec::new();
         for ev in events {
@@ -673,7 +698,11 @@ impl Harness {
                     self.m.held.len()
                 )
             })?;
-            let pick = self.m.eviction_pick(&new);
+            let pick = if hopeless {
+                &new
+            } else {
+                self.m.eviction_pick(&new)
+            };
             let victim = if batch_id == id {
                 Some(&new)
             } else {

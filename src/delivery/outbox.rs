@@ -16,6 +16,31 @@ type EvictKey = (u8, u64, BatchId);
 /// A key ordering batches for probing: most important type first, then age.
 type ProbeKey = (u8, u64, BatchId);
 
+/// Batches and bytes not in flight, by drop rank: what eviction could free.
+#[derive(Debug, Default, Clone, Copy)]
+struct Evictable {
+    batches: [u64; 6],
+    bytes: [u64; 6],
+}
+
+impl Evictable {
+    fn add(&mut self, rank: u8, bytes: u64) {
+        let r = usize::from(rank);
+        self.batches[r] += 1;
+        self.bytes[r] += bytes;
+    }
+    fn sub(&mut self, rank: u8, bytes: u64) {
+        let r = usize::from(rank);
+        self.batches[r] -= 1;
+        self.bytes[r] -= bytes;
+    }
+    /// Batches and bytes of ranks up to and including `rank`.
+    fn up_to(&self, rank: u8) -> (u64, u64) {
+        let r = usize::from(rank) + 1;
+        (self.batches[..r].iter().sum(), self.bytes[..r].iter().sum())
+    }
+}
+
 #[derive(Debug)]
 struct Held {
     frame: Frame,
@@ -48,6 +73,8 @@ struct Tenant {
     by_importance: BTreeSet<ProbeKey>,
     /// The same batches, in drop order.
     evictable: BTreeSet<EvictKey>,
+    /// Their totals by drop rank.
+    evictable_totals: Evictable,
     in_flight: u32,
     bytes: u64,
     batches: usize,
@@ -89,6 +116,7 @@ impl Tenant {
             waiting: BTreeSet::new(),
             by_importance: BTreeSet::new(),
             evictable: BTreeSet::new(),
+            evictable_totals: Evictable::default(),
             in_flight: 0,
             bytes: 0,
             batches: 0,
@@ -178,6 +206,8 @@ pub struct Outbox {
     batches: BTreeMap<BatchId, Held>,
     tenants: BTreeMap<TenantId, Tenant>,
     evictable: BTreeSet<EvictKey>,
+    /// Their totals by drop rank.
+    evictable_totals: Evictable,
     expiries: BTreeSet<(DateTime<Utc>, BatchId)>,
     held_bytes: u64,
     /// The tenant served last, for round-robin sending.
@@ -198,6 +228,7 @@ impl Outbox {
             batches: BTreeMap::new(),
             tenants: BTreeMap::new(),
             evictable: BTreeSet::new(),
+            evictable_totals: Evictable::default(),
             expiries: BTreeSet::new(),
             held_bytes: 0,
             cursor: None,
@@ -248,7 +279,11 @@ impl Outbox {
     /// Takes a frame to deliver. If holding it would pass a limit, batches
     /// are dropped in the policy's drop order, oldest first within a type,
     /// until it fits; the new frame is itself a candidate under the same
-    /// rule (a new Performance frame is dropped rather than an Alert). Each
+    /// rule (a new Performance frame is dropped rather than an Alert). If
+    /// dropping every batch the rule puts before it would still not make
+    /// room (a frame larger than a limit, or the room held by batches in
+    /// flight or of more important types), the new frame alone is dropped
+    /// and nothing held is evicted: that is checked first, in O(1). Each
     /// drop is a [`DeliveryEvent::Dropped`] with [`DropReason::QueueFull`].
     ///
     /// # Errors
@@ -281,6 +316,33 @@ impl Outbox {
                 .is_some_and(|n| tenant_bytes + bytes > n)
     }
 
+    /// Whether evicting every batch the drop rule puts before a new frame
+    /// of `rank` (every evictable batch of a rank up to its own: those of
+    /// its rank are older) would make room for it under every limit. With a
+    /// per-tenant limit only the tenant's own batches count, as only they
+    /// may be evicted. O(1): the totals by rank are kept as batches enter
+    /// and leave the evictable indexes.
+    fn could_fit(&self, tenant: TenantId, rank: u8, bytes: u64) -> bool {
+        let t = self.tenants.get(&tenant);
+        let tenant_bytes = t.map_or(0, |t| t.bytes);
+        let (free_batches, free_bytes) = if self.policy.tenant_limit_bytes().is_some() {
+            t.map_or((0, 0), |t| t.evictable_totals.up_to(rank))
+        } else {
+            self.evictable_totals.up_to(rank)
+        };
+        let fits_bytes = self.held_bytes - free_bytes + bytes <= self.policy.limit_bytes();
+        let fits_batches = self
+            .policy
+            .limit_batches()
+            .is_none_or(|n| self.batches.len() as u64 - free_batches < n);
+        let fits_tenant = self.policy.tenant_limit_bytes().is_none_or(|n| {
+            // Only the tenant's own batches are freed toward its share.
+            let own = t.map_or(0, |t| t.evictable_totals.up_to(rank).1);
+            tenant_bytes - own + bytes <= n
+        });
+        fits_bytes && fits_batches && fits_tenant
+    }
+
     fn insert(&mut self, now: DateTime<Utc>, frame: Frame, persist: bool) {
         let batch_id = frame.batch_id();
         let tenant = frame.tenant();
@@ -290,6 +352,19 @@ impl Outbox {
         self.seq += 1;
         let seq = self.seq;
         let new_key: EvictKey = (rank, seq, batch_id);
+        if self.over_limit(tenant, bytes) && !self.could_fit(tenant, rank, bytes) {
+            // Evicting everything ranked before it would not make room: the
+            // new frame alone goes, and nothing held is lost for it.
+            self.events.push_back(DeliveryEvent::Dropped {
+                tenant,
+                data_type,
+                batch_id,
+                records: frame.header().record_count,
+                bytes,
+                reason: DropReason::QueueFull,
+            });
+            return;
+        }
         while self.over_limit(tenant, bytes) {
             // With a per-tenant limit, a tenant's frame only evicts its own.
             let victim = if self.policy.tenant_limit_bytes().is_some() {
@@ -301,6 +376,8 @@ impl Outbox {
             };
             match victim {
                 Some(v) if v < new_key => self.drop_batch(v.2, DropReason::QueueFull),
+                // Not reached: could_fit said the batches before the new
+                // frame make room. Refusing it is still the safe answer.
                 _ => {
                     self.events.push_back(DeliveryEvent::Dropped {
                         tenant,
@@ -349,11 +426,16 @@ impl Outbox {
         };
         h.in_flight = false;
         let (seq, ek, pk, tenant) = (h.seq, h.evict_key(id), h.probe_key(id), h.tenant);
-        self.evictable.insert(ek);
+        let (rank, bytes) = (h.rank, h.bytes);
+        if self.evictable.insert(ek) {
+            self.evictable_totals.add(rank, bytes);
+        }
         if let Some(t) = self.tenants.get_mut(&tenant) {
             t.waiting.insert((seq, id));
             t.by_importance.insert(pk);
-            t.evictable.insert(ek);
+            if t.evictable.insert(ek) {
+                t.evictable_totals.add(rank, bytes);
+            }
         }
     }
 
@@ -363,11 +445,16 @@ impl Outbox {
             return;
         };
         let (seq, ek, pk, tenant) = (h.seq, h.evict_key(id), h.probe_key(id), h.tenant);
-        self.evictable.remove(&ek);
+        let (rank, bytes) = (h.rank, h.bytes);
+        if self.evictable.remove(&ek) {
+            self.evictable_totals.sub(rank, bytes);
+        }
         if let Some(t) = self.tenants.get_mut(&tenant) {
             t.waiting.remove(&(seq, id));
             t.by_importance.remove(&pk);
-            t.evictable.remove(&ek);
+            if t.evictable.remove(&ek) {
+                t.evictable_totals.sub(rank, bytes);
+            }
         }
     }
 
