@@ -796,3 +796,58 @@ fn regression_an_unfittable_frame_evicts_nothing() {
     assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
     assert_eq!(o.held_batches(), 3);
 }
+
+/// Bug: `Outbox::recover` dropped a recovered frame that did not fit but
+/// never asked the host to remove it from the spool, so it stayed there and
+/// was reported dropped again on every restart; `RecoveryReport::recovered`
+/// counted it as well.
+#[test]
+fn regression_recovery_removes_what_it_drops_from_the_spool() {
+    let id = |n| BatchId::new(Uuid::from_u128(n)).unwrap();
+    let perf = frame(1, DataType::Performance, 1, 1);
+    let alerts = [
+        frame(1, DataType::Alert, 1, 2),
+        frame(1, DataType::Alert, 1, 3),
+    ];
+    let huge = frame(1, DataType::Event, 400, 4);
+    let limit = (perf.len() + alerts[0].len() + alerts[1].len()) as u64 - 1;
+    assert!(huge.len() as u64 > limit);
+    let policy = no_jitter().with_limit_bytes(limit).unwrap();
+    let mut spool = MemorySpool::new();
+    // The Performance frame fits at first, then the second Alert evicts it;
+    // the Event frame never fits.
+    for f in [&perf, &alerts[0], &alerts[1], &huge] {
+        spool.persist(f.batch_id(), f).unwrap();
+    }
+    let mut transport = MemoryTransport::new();
+    transport.set_reachable(tenant(1), false);
+    let (mut agent, report) = Agent::recover(
+        policy.clone(),
+        1,
+        t0(),
+        transport,
+        spool,
+        &FrameLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(report.recovered, 2, "only the frames held");
+    assert_eq!(report.dropped, 2);
+    let dropped: Vec<_> = std::iter::from_fn(|| agent.poll_event())
+        .filter_map(|e| match e {
+            DeliveryEvent::Dropped { batch_id, .. } => Some(batch_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, [id(1), id(4)]);
+    assert_eq!(agent.spool().len(), 2, "the spool holds what is held");
+
+    // A second restart finds nothing more to drop.
+    let (_, transport, spool) = agent.into_parts();
+    let (mut agent, report) =
+        Agent::recover(policy, 1, t0(), transport, spool, &FrameLimits::default()).unwrap();
+    assert_eq!((report.recovered, report.dropped), (2, 0));
+    assert!(
+        std::iter::from_fn(|| agent.poll_event())
+            .all(|e| !matches!(e, DeliveryEvent::Dropped { .. }))
+    );
+}

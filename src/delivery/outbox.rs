@@ -153,8 +153,13 @@ impl Jitter {
 /// What [`Outbox::recover`] found in the spool.
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
-    /// Frames taken back into the outbox.
+    /// Frames held by the outbox once recovery is done.
     pub recovered: usize,
+    /// Frames read back but dropped because the policy's limits could not
+    /// hold them all (by the drop order, as for pushes). Each has a
+    /// [`DeliveryEvent::Dropped`] event and a [`StorageOp::Remove`], so the
+    /// spool lets go of it and the next restart does not report it again.
+    pub dropped: usize,
     /// Frames skipped because they failed their checks, by position in the
     /// input, with the reason. The host should move them aside.
     pub skipped: Vec<(usize, FrameError)>,
@@ -241,7 +246,9 @@ impl Outbox {
     /// were persisted), without asking to persist them again. Frames that
     /// fail their checks are skipped and reported, never a reason to refuse
     /// to start; a batch id seen twice is kept once. If the frames pass the
-    /// policy's limits, the drop order applies as for pushes. Every tenant
+    /// policy's limits, the drop order applies as for pushes, and each frame
+    /// dropped, refused or evicted, gets a [`StorageOp::Remove`] so that the
+    /// spool ends up holding exactly what the outbox holds. Every tenant
     /// starts online. Drain the result as after any input: the recovered
     /// batches have no timer, so [`poll_transmit`](Outbox::poll_transmit)
     /// is what starts them.
@@ -254,19 +261,24 @@ impl Outbox {
         limits: &FrameLimits,
     ) -> (Outbox, RecoveryReport) {
         let mut outbox = Outbox::new(policy, seed);
+        let now = outbox.observe(now);
         let mut report = RecoveryReport::default();
+        let mut seen = BTreeSet::new();
+        let mut taken = 0;
         for (index, bytes) in frames.into_iter().enumerate() {
             match Frame::decode(bytes, limits) {
                 Err(e) => report.skipped.push((index, e)),
-                Ok(frame) if outbox.batches.contains_key(&frame.batch_id()) => {
+                Ok(frame) if !seen.insert(frame.batch_id()) => {
                     report.duplicates += 1;
                 }
                 Ok(frame) => {
                     outbox.insert(now, frame, false);
-                    report.recovered += 1;
+                    taken += 1;
                 }
             }
         }
+        report.recovered = outbox.batches.len();
+        report.dropped = taken - report.recovered;
         (outbox, report)
     }
 
@@ -343,6 +355,9 @@ impl Outbox {
         fits_bytes && fits_batches && fits_tenant
     }
 
+    /// Holds a new frame, evicting by the drop rule if need be. `persist`:
+    /// a pushed frame, to be persisted once held; otherwise a recovered
+    /// one, already in the spool, which must be removed from it if refused.
     fn insert(&mut self, now: DateTime<Utc>, frame: Frame, persist: bool) {
         let batch_id = frame.batch_id();
         let tenant = frame.tenant();
@@ -355,14 +370,7 @@ impl Outbox {
         if self.over_limit(tenant, bytes) && !self.could_fit(tenant, rank, bytes) {
             // Evicting everything ranked before it would not make room: the
             // new frame alone goes, and nothing held is lost for it.
-            self.events.push_back(DeliveryEvent::Dropped {
-                tenant,
-                data_type,
-                batch_id,
-                records: frame.header().record_count,
-                bytes,
-                reason: DropReason::QueueFull,
-            });
+            self.refuse(&frame, DropReason::QueueFull, persist);
             return;
         }
         while self.over_limit(tenant, bytes) {
@@ -379,14 +387,7 @@ impl Outbox {
                 // Not reached: could_fit said the batches before the new
                 // frame make room. Refusing it is still the safe answer.
                 _ => {
-                    self.events.push_back(DeliveryEvent::Dropped {
-                        tenant,
-                        data_type,
-                        batch_id,
-                        records: frame.header().record_count,
-                        bytes,
-                        reason: DropReason::QueueFull,
-                    });
+                    self.refuse(&frame, DropReason::QueueFull, persist);
                     return;
                 }
             }
@@ -416,6 +417,23 @@ impl Outbox {
         if persist {
             self.storage
                 .push_back(StorageOp::Persist { batch_id, frame });
+        }
+    }
+
+    /// Drops a frame that is not held: its event, and, if it came from the
+    /// spool (`!pushed`), its removal from there.
+    fn refuse(&mut self, frame: &Frame, reason: DropReason, pushed: bool) {
+        let batch_id = frame.batch_id();
+        self.events.push_back(DeliveryEvent::Dropped {
+            tenant: frame.tenant(),
+            data_type: frame.data_type(),
+            batch_id,
+            records: frame.header().record_count,
+            bytes: frame.len() as u64,
+            reason,
+        });
+        if !pushed {
+            self.storage.push_back(StorageOp::Remove { batch_id });
         }
     }
 
