@@ -851,3 +851,50 @@ fn regression_recovery_removes_what_it_drops_from_the_spool() {
             .all(|e| !matches!(e, DeliveryEvent::Dropped { .. }))
     );
 }
+
+/// Bug: `expire_after` counted from when the frame was pushed or
+/// recovered, so every restart started the clock again and a batch could
+/// outlive its expiry indefinitely. It counts from the frame header's
+/// `created` time (the batch's close time).
+#[test]
+fn regression_expiry_counts_from_the_frame_not_the_push() {
+    let policy = no_jitter()
+        .with_expire_after(DataType::Performance, Some(Duration::minutes(30)))
+        .unwrap();
+    let f = frame(1, DataType::Performance, 1, 1);
+    assert_eq!(f.header().created, t0());
+    // Pushed 20 minutes after it was made, then a restart at 25 minutes.
+    let mut o = Outbox::new(policy.clone(), 1);
+    o.push(t0() + Duration::minutes(20), f.clone()).unwrap();
+    assert_eq!(o.poll_timeout(), Some(t0() + Duration::minutes(30)));
+    let restart = t0() + Duration::minutes(25);
+    let (mut o, report) = Outbox::recover(
+        policy.clone(),
+        1,
+        restart,
+        [f.as_bytes().clone()],
+        &FrameLimits::default(),
+    );
+    assert_eq!(report.recovered, 1);
+    assert_eq!(o.poll_timeout(), Some(t0() + Duration::minutes(30)));
+    o.handle_timeout(t0() + Duration::minutes(30));
+    assert_eq!(
+        drops(&events(&mut o)),
+        [(f.batch_id(), DropReason::Expired)]
+    );
+    assert!(matches!(
+        storage(&mut o).as_slice(),
+        [StorageOp::Remove { .. }]
+    ));
+    // A frame already past its expiry when pushed is dropped at once,
+    // never persisted or sent.
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0() + Duration::minutes(31), f.clone()).unwrap();
+    assert_eq!(
+        drops(&events(&mut o)),
+        [(f.batch_id(), DropReason::Expired)]
+    );
+    assert!(storage(&mut o).is_empty());
+    assert!(o.poll_transmit(t0() + Duration::minutes(31)).is_none());
+    assert_eq!(o.held_batches(), 0);
+}

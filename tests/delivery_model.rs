@@ -8,6 +8,8 @@
 //!
 //! - conservation: every frame pushed ends in exactly one `Delivered` or
 //!   `Dropped`, or is still held; nothing disappears without an event;
+//! - expiry: counted from the frame's `created` time; a frame pushed past
+//!   it is dropped at once (`Expired`), others when it comes;
 //! - storage: one `Persist` per held batch, one `Remove` when it leaves;
 //! - limits: `held_bytes` / `held_batches` / per-tenant bytes within the
 //!   policy, and equal to the model's sums;
@@ -664,13 +666,27 @@ impl Harness {
             bytes: frame.len() as u64,
             records: records as u32,
             seq: self.m.seq,
-            expires: self.m.policy.expire_after(data_type).map(|d| now + d),
+            // Expiry counts from the frame's creation, not from the push.
+            expires: self
+                .m
+                .policy
+                .expire_after(data_type)
+                .map(|d| frame.header().created + d),
             frame,
             in_flight: false,
             probe: false,
             sends: 0,
         };
         let (events, ops) = self.drain();
+        if new.expires.is_some_and(|x| x <= now) {
+            // Already expired: dropped at once, alone, never persisted.
+            let expected = dropped(&new, DropReason::Expired);
+            c.ensure(Rule::Accounting, events == [expected.clone()], || {
+                format!("push of an expired frame gave {events:?}, not {expected:?}")
+            })?;
+            self.terminal(id)?;
+            return self.check_storage(ops);
+        }
         // Hopeless: the new frame goes alone, before anything is evicted.
         let hopeless = !self.m.could_fit(&new);
         let mut new_dropped = false;

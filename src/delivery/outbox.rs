@@ -155,8 +155,9 @@ impl Jitter {
 pub struct RecoveryReport {
     /// Frames held by the outbox once recovery is done.
     pub recovered: usize,
-    /// Frames read back but dropped because the policy's limits could not
-    /// hold them all (by the drop order, as for pushes). Each has a
+    /// Frames read back but dropped: already past their data type's
+    /// `expire_after`, or beyond what the policy's limits hold (by the drop
+    /// order, as for pushes). Each has a
     /// [`DeliveryEvent::Dropped`] event and a [`StorageOp::Remove`], so the
     /// spool lets go of it and the next restart does not report it again.
     pub dropped: usize,
@@ -288,7 +289,9 @@ impl Outbox {
         now
     }
 
-    /// Takes a frame to deliver. If holding it would pass a limit, batches
+    /// Takes a frame to deliver. A frame already past its data type's
+    /// `expire_after` (counted from its header's `created` time) is dropped
+    /// at once with [`DropReason::Expired`]. If holding it would pass a limit, batches
     /// are dropped in the policy's drop order, oldest first within a type,
     /// until it fits; the new frame is itself a candidate under the same
     /// rule (a new Performance frame is dropped rather than an Alert). If
@@ -367,6 +370,16 @@ impl Outbox {
         self.seq += 1;
         let seq = self.seq;
         let new_key: EvictKey = (rank, seq, batch_id);
+        // Expiry counts from the frame's creation (its batch's close time),
+        // so neither a late push nor a restart gives it more time.
+        let expires = self
+            .policy
+            .expire_after(data_type)
+            .map(|d| later(frame.header().created, d));
+        if expires.is_some_and(|at| at <= now) {
+            self.refuse(&frame, DropReason::Expired, persist);
+            return;
+        }
         if self.over_limit(tenant, bytes) && !self.could_fit(tenant, rank, bytes) {
             // Evicting everything ranked before it would not make room: the
             // new frame alone goes, and nothing held is lost for it.
@@ -392,7 +405,6 @@ impl Outbox {
                 }
             }
         }
-        let expires = self.policy.expire_after(data_type).map(|d| later(now, d));
         let held = Held {
             records: frame.header().record_count,
             frame: frame.clone(),

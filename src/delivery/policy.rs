@@ -170,7 +170,12 @@ impl DeliveryPolicy {
         self.max_retry_after
     }
     /// How old a batch of `data_type` may get before it is dropped as
-    /// expired; `None` (the default) keeps it until delivered or evicted.
+    /// expired, counted from its frame header's `created` time (when the
+    /// batch was closed), saturating at the end of time: neither a late push
+    /// nor a restart gives it more time, and a frame already that old when
+    /// pushed or recovered is dropped at once. A batch in flight at its
+    /// expiry is dropped when it comes back undelivered. `None` (the
+    /// default) keeps it until delivered or evicted.
     #[must_use]
     pub fn expire_after(&self, data_type: DataType) -> Option<Duration> {
         self.expire_after[usize::from(data_type.as_u8() - 1)]
