@@ -82,8 +82,8 @@ mod tenant;
 
 pub use delivery::{
     Agent, AgentError, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, MemorySpool,
-    MemoryTransport, Outbox, Outcome, Phase, PolicyError, RecoveryReport, Spool, StorageOp,
-    TenantStatus, Transmit, Transport,
+    MemoryTransport, Outbox, Outcome, Phase, PhaseCounts, PolicyError, RecoveryReport, Spool,
+    StorageOp, TenantStatus, Transmit, Transport,
 };
 pub use frame::{
     BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,

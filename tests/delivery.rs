@@ -898,3 +898,36 @@ fn regression_expiry_counts_from_the_frame_not_the_push() {
     assert!(o.poll_transmit(t0() + Duration::minutes(31)).is_none());
     assert_eq!(o.held_batches(), 0);
 }
+
+#[test]
+fn held_counts_by_type_and_by_phase() {
+    let policy = no_jitter().with_cache_window(Duration::minutes(8)).unwrap();
+    let mut o = Outbox::new(policy, 1);
+    let perf = frame(1, DataType::Performance, 2, 1);
+    o.push(t0(), perf.clone()).unwrap();
+    o.push(t0(), frame(1, DataType::Alert, 1, 2)).unwrap();
+    o.push(t0(), frame(2, DataType::Performance, 1, 3)).unwrap();
+    assert_eq!(o.held_of_type(DataType::Performance), 2);
+    let perf_bytes = perf.len() + frame(2, DataType::Performance, 1, 3).len();
+    assert_eq!(
+        o.held_by_type(DataType::Performance),
+        (2, perf_bytes as u64)
+    );
+    assert_eq!(o.held_by_type(DataType::Event), (0, 0));
+    let counts = o.held_by_phase();
+    assert_eq!((counts.pending, counts.in_flight), (3, 0));
+    // Tenant 1 goes offline with its first batch; tenant 2's is in flight.
+    let sent: Vec<_> = std::iter::from_fn(|| o.poll_transmit(t0())).collect();
+    assert_eq!(o.held_by_phase().in_flight, 3);
+    let alert = BatchId::new(Uuid::from_u128(2)).unwrap();
+    assert!(sent.iter().any(|tx| tx.batch_id == alert));
+    o.handle_outcome(t0(), alert, Outcome::Delivered).unwrap();
+    o.handle_outcome(t0(), perf.batch_id(), Outcome::Transient)
+        .unwrap();
+    let counts = o.held_by_phase();
+    assert_eq!((counts.cached, counts.in_flight, counts.queued), (1, 1, 0));
+    assert_eq!(o.held_by_type(DataType::Alert), (0, 0));
+    o.handle_timeout(t0() + Duration::minutes(8));
+    let counts = o.held_by_phase();
+    assert_eq!((counts.queued, counts.in_flight, counts.pending), (1, 1, 0));
+}

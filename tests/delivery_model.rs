@@ -47,7 +47,8 @@ use std::sync::{Mutex, OnceLock};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use opsdata::{
     BatchId, DataType, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Frame,
-    FrameEncoder, Outbox, Outcome, Phase, StorageOp, Tagged, TenantBatch, TenantId, TenantStatus,
+    FrameEncoder, Outbox, Outcome, Phase, PhaseCounts, StorageOp, Tagged, TenantBatch, TenantId,
+    TenantStatus,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -1254,6 +1255,20 @@ impl Harness {
                 },
             )?;
         }
+        // The O(1) counters by data type equal the model's sums.
+        for t in DataType::ALL {
+            let held = self.outbox.held_by_type(t);
+            let of_type = m.held.iter().filter(|b| b.data_type == t);
+            let model = (of_type.clone().count(), of_type.map(|b| b.bytes).sum());
+            c.ensure(Rule::Accounting, held == model, || {
+                format!("{t:?}: held_by_type {held:?}, the model {model:?}")
+            })?;
+            c.ensure(
+                Rule::Accounting,
+                self.outbox.held_of_type(t) == model.0,
+                || format!("{t:?}: held_of_type disagrees with the model"),
+            )?;
+        }
         // Conservation: each id pushed is held, or had exactly one terminal event.
         for id in &m.pushed {
             let held = m.get(*id).is_some();
@@ -1274,6 +1289,7 @@ impl Harness {
                 format!("tenant {t} is {status:?}, the model {model:?}")
             })?;
         }
+        let mut phases = PhaseCounts::default();
         for b in &m.held {
             let phase = self.outbox.phase(b.id);
             let model = if b.in_flight {
@@ -1288,7 +1304,17 @@ impl Harness {
             c.ensure(Rule::Connectivity, phase == Some(model), || {
                 format!("{} is {phase:?}, the model {model:?}", b.id)
             })?;
+            *match model {
+                Phase::Pending => &mut phases.pending,
+                Phase::InFlight => &mut phases.in_flight,
+                Phase::Cached => &mut phases.cached,
+                _ => &mut phases.queued,
+            } += 1;
         }
+        let counted = self.outbox.held_by_phase();
+        c.ensure(Rule::Connectivity, counted == phases, || {
+            format!("held_by_phase {counted:?}, the model {phases:?}")
+        })?;
         // The timer: no later than the next thing due.
         let window = p.cache_window();
         let mut due: Vec<(DateTime<Utc>, Rule, String)> = Vec::new();

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
-    DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, StorageOp,
-    TenantStatus, Transmit,
+    DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, PhaseCounts,
+    StorageOp, TenantStatus, Transmit,
 };
 use crate::frame::{BatchId, Frame, FrameError, FrameLimits};
 use crate::record::DataType;
@@ -130,6 +130,11 @@ impl Tenant {
     }
 }
 
+/// A data type's slot in per-type arrays.
+fn type_index(data_type: DataType) -> usize {
+    usize::from(data_type.as_u8() - 1)
+}
+
 /// `t + d`, saturating at the end of time: a `now` the caller passes must not
 /// make the outbox panic.
 fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -216,6 +221,8 @@ pub struct Outbox {
     evictable_totals: Evictable,
     expiries: BTreeSet<(DateTime<Utc>, BatchId)>,
     held_bytes: u64,
+    /// Batches and bytes held by data type (index `as_u8() - 1`).
+    by_type: [(usize, u64); 6],
     /// The tenant served last, for round-robin sending.
     cursor: Option<TenantId>,
     events: VecDeque<DeliveryEvent>,
@@ -237,6 +244,7 @@ impl Outbox {
             evictable_totals: Evictable::default(),
             expiries: BTreeSet::new(),
             held_bytes: 0,
+            by_type: [(0, 0); 6],
             cursor: None,
             events: VecDeque::new(),
             storage: VecDeque::new(),
@@ -424,6 +432,9 @@ impl Outbox {
         t.bytes += bytes;
         t.batches += 1;
         self.held_bytes += bytes;
+        let ty = &mut self.by_type[type_index(data_type)];
+        ty.0 += 1;
+        ty.1 += bytes;
         self.batches.insert(batch_id, held);
         self.mark_waiting(batch_id);
         if persist {
@@ -496,6 +507,9 @@ impl Outbox {
             self.expiries.remove(&(at, id));
         }
         self.held_bytes -= h.bytes;
+        let ty = &mut self.by_type[type_index(h.data_type)];
+        ty.0 -= 1;
+        ty.1 -= h.bytes;
         if let Some(t) = self.tenants.get_mut(&h.tenant) {
             t.bytes -= h.bytes;
             t.batches -= 1;
@@ -864,13 +878,39 @@ impl Outbox {
         })
     }
 
-    /// Batches held of one data type (a scan: for reports, not hot paths).
+    /// Batches held of one data type, in flight included. O(1): a counter
+    /// kept as batches come and go.
     #[must_use]
     pub fn held_of_type(&self, data_type: DataType) -> usize {
-        self.batches
-            .values()
-            .filter(|h| h.data_type == data_type)
-            .count()
+        self.by_type[type_index(data_type)].0
+    }
+
+    /// Batches and bytes held of one data type, in flight included. O(1): a
+    /// counter kept as batches come and go.
+    #[must_use]
+    pub fn held_by_type(&self, data_type: DataType) -> (usize, u64) {
+        self.by_type[type_index(data_type)]
+    }
+
+    /// Batches held in each [`Phase`]: in flight, and the rest by their
+    /// tenant's state (online: pending; offline: cached, then queued past
+    /// the cache window). The counts add up to
+    /// [`held_batches`](Outbox::held_batches). A pass over the tenants, not
+    /// the batches.
+    #[must_use]
+    pub fn held_by_phase(&self) -> PhaseCounts {
+        let mut counts = PhaseCounts::default();
+        for t in self.tenants.values() {
+            let in_flight = t.in_flight as usize;
+            counts.in_flight += in_flight;
+            let waiting = t.batches - in_flight;
+            match t.status {
+                TenantStatus::Online => counts.pending += waiting,
+                TenantStatus::Offline { .. } if t.queued => counts.queued += waiting,
+                TenantStatus::Offline { .. } => counts.cached += waiting,
+            }
+        }
+        counts
     }
 
     /// The policy in force.

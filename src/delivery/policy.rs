@@ -149,6 +149,13 @@ impl DeliveryPolicy {
     /// The bytes one tenant may hold, if limited. When set, a tenant's new
     /// frame only ever evicts that tenant's own batches: one tenant's
     /// backlog cannot push out another's data. Default none.
+    ///
+    /// `limit_bytes` still applies over all tenants, and a frame that does
+    /// not fit under it is refused even if its tenant is within its share.
+    /// So the shares protect each tenant fully only when they add up to no
+    /// more than the whole: share × tenants ≤ `limit_bytes`. With more
+    /// tenants than that, the first to fill the outbox can leave the others
+    /// less than their share.
     #[must_use]
     pub fn tenant_limit_bytes(&self) -> Option<u64> {
         self.tenant_limit_bytes
