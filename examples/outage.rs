@@ -1,8 +1,9 @@
 //! An outage, on a fake clock: one agent, two tenants, mixed record types.
 //! The service is unreachable for tenant A from minute 10 to hour 3 and the
 //! queue is small. The timeline shows the retries every 8 minutes, the move
-//! to the queue after 2 hours, drops starting with Performance, recovery,
-//! and tenant B unaffected; the tally proves that every record was
+//! to the queue after 2 hours, drops starting with Performance while the
+//! service is still down, recovery, and, in an hourly line, tenant B's
+//! deliveries going on unaffected; the tally proves that every record was
 //! delivered or reported dropped.
 //!
 //! Run with `cargo run --example outage`.
@@ -16,6 +17,10 @@ use opsdata::{
     FrameLimits, MemorySpool, MemoryTransport, Outbox, Record, Tagged, TenantId,
 };
 use uuid::Uuid;
+
+/// The queue limit: small enough that tenant A's backlog fills it well
+/// before the service comes back at 03:00.
+const LIMIT: u64 = 32 << 10;
 
 fn main() -> Result<(), Box<dyn Error>> {
     let start = Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap();
@@ -33,9 +38,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         &limits,
     )?;
     let mut encoder = FrameEncoder::new();
-    // A small queue, so that three hours of tenant A's data cannot all wait.
+    // A small queue, so that tenant A's backlog fills it during the outage.
     let policy = DeliveryPolicy::default()
-        .with_limit_bytes(48 << 10)?
+        .with_limit_bytes(LIMIT)?
         .with_jitter_percent(0)?;
     let mut agent = Agent::new(
         Outbox::new(policy, 7),
@@ -48,6 +53,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut pushed: BTreeMap<(TenantId, DataType), u64> = BTreeMap::new();
     let mut dropped: BTreeMap<(TenantId, DataType), u64> = BTreeMap::new();
     let mut deliveries: BTreeMap<TenantId, u64> = BTreeMap::new();
+    // This hour's deliveries and drops, for the hourly line.
+    let mut hour_delivered: BTreeMap<TenantId, u64> = BTreeMap::new();
+    let mut hour_dropped: BTreeMap<(TenantId, DataType), u64> = BTreeMap::new();
     let mut next_id = 0u128;
     let mut now = start;
     println!("time  event");
@@ -64,7 +72,6 @@ fn main() -> Result<(), Box<dyn Error>> {
             println!("{}  -- {what}", clock(now));
             was_down = down;
         }
-        let mut drops_now: BTreeMap<(TenantId, DataType), (u64, u64)> = BTreeMap::new();
         // What the agent collects this minute.
         let minute = (now - start).num_minutes();
         for tenant in [a, b] {
@@ -86,6 +93,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             match event {
                 DeliveryEvent::Delivered { tenant, .. } => {
                     *deliveries.entry(tenant).or_default() += 1;
+                    *hour_delivered.entry(tenant).or_default() += 1;
                 }
                 DeliveryEvent::TenantOffline { tenant, .. } => {
                     println!(
@@ -126,23 +134,52 @@ fn main() -> Result<(), Box<dyn Error>> {
                     records,
                     ..
                 } => {
-                    let d = drops_now.entry((tenant, data_type)).or_default();
-                    d.0 += 1;
-                    d.1 += u64::from(records);
-                    *dropped.entry((tenant, data_type)).or_default() += u64::from(records);
+                    let total = dropped.entry((tenant, data_type)).or_default();
+                    if *total == 0 {
+                        println!(
+                            "{}  tenant {} queue full ({} KiB held): first {data_type} batch dropped, {records} records",
+                            clock(now),
+                            name(tenant),
+                            agent.outbox().held_bytes() >> 10
+                        );
+                    }
+                    *total += u64::from(records);
+                    *hour_dropped.entry((tenant, data_type)).or_default() += 1;
                 }
                 other => println!("{}  {other:?}", clock(now)),
             }
         }
-        for ((tenant, data_type), (batches, records)) in drops_now {
-            println!(
-                "{}  tenant {} queue full: dropped {batches} {data_type} batch(es), {records} records",
-                clock(now),
-                name(tenant)
-            );
-        }
         // Step to the next minute, or to the agent's next retry if sooner.
         let next_minute = now + Duration::minutes(1);
+        if (next_minute - start).num_minutes() % 60 == 0 {
+            // The hourly lines: what each tenant got through, holds and lost.
+            for (i, tenant) in [b, a].into_iter().enumerate() {
+                let (held, bytes) = agent.outbox().tenant_held(tenant);
+                let drops: Vec<String> = hour_dropped
+                    .iter()
+                    .filter(|((t, _), _)| *t == tenant)
+                    .map(|((_, ty), n)| format!("{n} {ty}"))
+                    .collect();
+                let drops = if drops.is_empty() {
+                    "none".to_string()
+                } else {
+                    drops.join(", ")
+                };
+                let lead = if i == 0 {
+                    format!("{}  hourly", clock(next_minute))
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{lead:<13} tenant {}: delivered {:>3} batches this hour, holds {held:>3} ({:>2} KiB), dropped {drops}",
+                    name(tenant),
+                    hour_delivered.get(&tenant).copied().unwrap_or(0),
+                    bytes >> 10
+                );
+            }
+            hour_delivered.clear();
+            hour_dropped.clear();
+        }
         now = agent
             .next_wakeup()
             .filter(|&w| w > now)

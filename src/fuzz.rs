@@ -121,48 +121,94 @@ fn repair_crcs(buf: &mut [u8]) {
 }
 
 /// The outbox driven by an arbitrary sequence of operations and time steps,
-/// with a small limit. Checks after every step: every batch pushed is
-/// delivered, dropped or held, exactly one of them, and never twice
-/// terminal; held bytes stay within the limit; outcomes for batches not in
-/// flight are refused and change nothing.
+/// with small limits, and now and then a crash.
+///
+/// Input: byte 0 seeds the jitter (and sets `jitter_percent` to it mod
+/// 101); byte 1 sets `limit_bytes` (bits 0–1: 1 500 + 500 × n),
+/// `limit_batches` (bits 2–4: none for 0, else n + 1) and the per-tenant
+/// share (bits 5–7: none for 0, else 400 × n bytes); byte 2 sets
+/// `expire_after` (bit 0 off: none; else for the data type `(b >> 1) % 6`,
+/// `1 + (b >> 4) × 10` minutes). The rest is operations, two bytes each:
+/// push (a frame of tenant `arg % 3`, type `(arg / 3) % 6` and 0–3
+/// records, `(arg / 18) % 4`, so frames come in a few sizes), transmit,
+/// outcome, clock forwards, clock backwards, and crash: the outbox is thrown
+/// away, in-flight sends with it, and rebuilt with [`Outbox::recover`] from
+/// a simulated spool to which every storage operation was applied.
+///
+/// Checks after every step: every batch pushed is delivered, dropped or
+/// held, exactly one of them, and never twice terminal, across restarts;
+/// the spool holds exactly the batches held; held bytes and batches stay
+/// within the limits; outcomes for batches not in flight are refused and
+/// change nothing. At most 400 operations and 16 crashes.
+///
+/// [`Outbox::recover`]: crate::delivery::Outbox::recover
 pub fn outbox_ops(data: &[u8]) {
     use std::collections::{BTreeMap, BTreeSet};
 
+    use bytes::Bytes;
     use chrono::{DateTime, Duration};
 
-    use crate::delivery::{DeliveryEvent, DeliveryPolicy, Outbox, Outcome};
-    use crate::frame::{BatchId, FrameEncoder};
-    use crate::record::DataType;
-    use crate::tenant::{TenantBatch, TenantId};
+    use crate::delivery::{DeliveryEvent, DeliveryPolicy, Outbox, Outcome, StorageOp};
+    use crate::frame::{BatchId, Codec, FrameEncoder, FrameLimits};
+    use crate::tenant::{Tagged, TenantBatch, TenantId};
 
-    let Some((&seed, ops)) = data.split_first() else {
+    let Some((&[seed, limits, expire], ops)) = data.split_first_chunk::<3>() else {
         return;
     };
-    let policy = DeliveryPolicy::default()
-        .with_limit_bytes(2_000)
+    let limit_batches = match (limits >> 2) & 7 {
+        0 => None,
+        n => Some(u64::from(n) + 1),
+    };
+    let share = match limits >> 5 {
+        0 => None,
+        n => Some(400 * u64::from(n)),
+    };
+    let mut policy = DeliveryPolicy::default()
+        .with_limit_bytes(1_500 + 500 * u64::from(limits & 3))
+        .and_then(|p| p.with_limit_batches(limit_batches))
+        .and_then(|p| p.with_tenant_limit_bytes(share))
         .and_then(|p| p.with_max_in_flight(2))
         .and_then(|p| p.with_jitter_percent(seed % 101))
         .expect("valid settings");
-    let limit = policy.limit_bytes();
-    let mut outbox = Outbox::new(policy, u64::from(seed));
-    let mut encoder = FrameEncoder::new();
+    if expire & 1 == 1 {
+        let data_type = DataType::ALL[usize::from(expire >> 1) % 6];
+        let minutes = 1 + i64::from(expire >> 4) * 10;
+        policy = policy
+            .with_expire_after(data_type, Some(Duration::minutes(minutes)))
+            .expect("a valid expiry");
+    }
+    let (limit, limit_batches) = (policy.limit_bytes(), policy.limit_batches());
+    let frame_limits = FrameLimits::default();
+    let mut outbox = Outbox::new(policy.clone(), u64::from(seed));
+    // Uncompressed, so that a frame's size follows its record count.
+    let mut encoder = FrameEncoder::new().with_codec(Codec::None);
     let mut now = DateTime::from_timestamp(1_800_000_000, 0).expect("in range");
     let mut next_id = 0u128;
     let mut pushed = BTreeSet::new();
     let mut terminal: BTreeMap<BatchId, &'static str> = BTreeMap::new();
     let mut in_flight: Vec<BatchId> = Vec::new();
+    // The spool: frames by persist order, and each id's place in it.
+    let mut spool: BTreeMap<u64, (BatchId, Bytes)> = BTreeMap::new();
+    let mut spooled: BTreeMap<BatchId, u64> = BTreeMap::new();
+    let mut spool_seq = 0u64;
+    let mut crashes = 0;
     for chunk in ops.chunks(2).take(400) {
         let (op, arg) = (chunk[0], chunk.get(1).copied().unwrap_or(0));
-        match op % 6 {
+        match op % 7 {
             0 => {
                 let tenant =
                     TenantId::new(uuid::Uuid::from_u128(u128::from(arg % 3) + 1)).expect("not nil");
                 let data_type = DataType::ALL[usize::from(arg / 3) % 6];
+                let records = (0..(arg / 18) % 4)
+                    .filter_map(|i| sample_record(data_type, now, i))
+                    .map(|r| Tagged::new(tenant, r));
+                let batch = TenantBatch::from_records(tenant, data_type, records)
+                    .expect("records of the batch's tenant and type");
                 next_id += 1;
                 let id = BatchId::new(uuid::Uuid::from_u128(next_id)).expect("not nil");
                 let frame = encoder
-                    .encode_frame(&TenantBatch::new(tenant, data_type), id, now)
-                    .expect("an empty batch encodes");
+                    .encode_frame(&batch, id, now)
+                    .expect("a small batch encodes");
                 outbox.push(now, frame).expect("ids are unique");
                 pushed.insert(id);
             }
@@ -191,12 +237,42 @@ pub fn outbox_ops(data: &[u8]) {
                 now += Duration::seconds(i64::from(arg) * 37);
                 outbox.handle_timeout(now);
             }
+            6 if crashes < 16 => {
+                // The process dies: sends in flight never report back, and
+                // only the spool survives.
+                crashes += 1;
+                in_flight.clear();
+                let frames: Vec<Bytes> = spool.values().map(|(_, b)| b.clone()).collect();
+                let (recovered, report) =
+                    Outbox::recover(policy.clone(), u64::from(seed), now, frames, &frame_limits);
+                assert!(
+                    report.skipped.is_empty(),
+                    "a spooled frame failed its checks"
+                );
+                assert_eq!(report.duplicates, 0);
+                outbox = recovered;
+            }
             _ => {
                 // A clock stepping back: taken as the latest seen.
                 outbox.handle_timeout(now - Duration::seconds(i64::from(arg)));
             }
         }
-        while outbox.poll_storage().is_some() {}
+        while let Some(op) = outbox.poll_storage() {
+            match op {
+                StorageOp::Persist { batch_id, frame } => {
+                    spool_seq += 1;
+                    assert!(
+                        spooled.insert(batch_id, spool_seq).is_none(),
+                        "persisted twice"
+                    );
+                    spool.insert(spool_seq, (batch_id, frame.into_bytes()));
+                }
+                StorageOp::Remove { batch_id } => {
+                    let seq = spooled.remove(&batch_id).expect("removed what is stored");
+                    spool.remove(&seq);
+                }
+            }
+        }
         while let Some(event) = outbox.poll_event() {
             let (id, what) = match event {
                 DeliveryEvent::Delivered { batch_id, .. } => (batch_id, "delivered"),
@@ -212,13 +288,56 @@ pub fn outbox_ops(data: &[u8]) {
         }
         assert!(outbox.held_bytes() <= limit, "held bytes past the limit");
         let held = outbox.held_batches();
+        assert!(
+            limit_batches.is_none_or(|n| held as u64 <= n),
+            "held batches past the limit"
+        );
         assert_eq!(pushed.len(), terminal.len() + held, "a batch disappeared");
+        assert_eq!(spooled.len(), held, "the spool and the outbox disagree");
         for id in &pushed {
+            let is_held = outbox.phase(*id).is_some();
             assert_eq!(
                 terminal.contains_key(id),
-                outbox.phase(*id).is_none(),
+                !is_held,
                 "a batch both held and finished, or neither"
             );
+            assert_eq!(spooled.contains_key(id), is_held, "spooled but not held");
         }
+    }
+}
+
+/// A valid record of `data_type` (Performance, Metadata, Configuration: the
+/// first three of the default drop order; `None`
+/// for the others, whose frames stay empty), different for each `i` so that
+/// frames grow with their record count.
+fn sample_record(data_type: DataType, now: chrono::DateTime<chrono::Utc>, i: u8) -> Option<Record> {
+    use crate::record::{Configuration, Metadata, Performance};
+    let id = uuid::Uuid::from_u128(u128::from(i) + 1);
+    match data_type {
+        DataType::Performance => Some(Record::from(Performance {
+            object_name: "Processor".into(),
+            counter_name: "% Processor Time".into(),
+            perfmon_instance_name: format!("cpu{i}"),
+            performance_data_id: id,
+            performance_source_internal_id: i32::from(i),
+            sample_value: f64::from(i) * 12.5,
+            time_sampled: now,
+            time_added: now,
+        })),
+        DataType::Configuration => Some(Record::from(Configuration {
+            customer_id: id,
+            agent_id: id,
+            entity_id: id,
+            managed_type_id: id,
+            managed_type_property_id: id,
+            current_value: format!("value {i}"),
+            change_date: now,
+        })),
+        DataType::Metadata => Some(Record::from(Metadata {
+            base_managed_entity_id: id,
+            dns_name: Some(format!("host{i}.contoso.com")),
+            ..Metadata::default()
+        })),
+        _ => None,
     }
 }

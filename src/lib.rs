@@ -115,8 +115,8 @@ pub use auth::{
 };
 pub use delivery::{
     Agent, AgentError, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, MemorySpool,
-    MemoryTransport, Outbox, Outcome, Phase, PolicyError, RecoveryReport, Spool, StorageOp,
-    TenantStatus, Transmit, Transport,
+    MemoryTransport, Outbox, Outcome, Phase, PhaseCounts, PolicyError, RecoveryReport, Spool,
+    StorageOp, TenantStatus, Transmit, Transport,
 };
 pub use frame::{
     BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,

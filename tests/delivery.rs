@@ -103,7 +103,8 @@ fn retries_every_8_minutes_for_2_hours_then_queues_with_backoff() {
         o.handle_outcome(now, tx.batch_id, Outcome::Transient)
             .unwrap();
     }
-    assert_eq!(waits, [16, 32, 60, 60, 60]);
+    // Queued waits: retry_interval, then doubling, capped at 1 h.
+    assert_eq!(waits, [8, 16, 32, 60, 60]);
     // Success brings the tenant back.
     let due = o.poll_timeout().unwrap();
     let tx = o.poll_transmit(due).unwrap();
@@ -142,10 +143,10 @@ fn jitter_only_shortens_queued_waits_and_is_reproducible() {
     let a = run(7);
     assert_eq!(a, run(7));
     assert_ne!(a, run(8));
-    // The first wait is the cache-window slot; queued waits lie within
-    // [80 %, 100 %] of min(8 min * 2^n, 1 h).
+    // The first wait is the cache-window slot; queued wait n lies within
+    // [80 %, 100 %] of min(8 min * 2^(n-1), 1 h).
     for (n, w) in a.iter().enumerate().skip(1) {
-        let base = (Duration::minutes(8) * (1 << n)).min(Duration::hours(1));
+        let base = (Duration::minutes(8) * (1 << (n - 1))).min(Duration::hours(1));
         assert!(
             *w <= base && *w >= base * 4 / 5,
             "wait {n}: {w} against {base}"
@@ -525,15 +526,22 @@ proptest! {
     /// Cut a run at a random point, throw the agent's memory away, recover
     /// from the spool and carry on: every record pushed is delivered (the
     /// service de-duplicates by batch id) or reported dropped; none is lost.
+    /// A cut is between steps, or mid-drain: a transmit has been handed out
+    /// (a batch is in flight) and its outcome never comes back, whether the
+    /// send was lost on the way or the service took it.
     #[test]
     fn crash_recovery_loses_nothing(
         steps in proptest::collection::vec((0u128..3, common::data_type(), 1usize..4, 0i64..30, any::<bool>()), 1..40),
-        crash_at in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+        crash_at in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3), 0..3),
         small_limit in any::<bool>(),
     ) {
         let limit = if small_limit { 6 << 10 } else { 100 << 20 };
         let policy = no_jitter().with_limit_bytes(limit).unwrap();
-        let crashes: Vec<usize> = crash_at.iter().map(|i| i.index(steps.len())).collect();
+        let crashes: Vec<(usize, u8)> =
+            crash_at.iter().map(|(i, mode)| (i.index(steps.len()), *mode)).collect();
+        // Batches the service took whose outcome was lost in a crash.
+        let mut outcome_lost = std::collections::BTreeSet::new();
+        let mut extra_id = 1000u128;
         let mut transport = MemoryTransport::new();
         let mut spool = MemorySpool::new();
         let mut agent = Agent::new(Outbox::new(policy.clone(), 1), transport.clone(), spool.clone());
@@ -552,10 +560,41 @@ proptest! {
                     prop_assert!(dropped.insert(batch_id));
                 }
             }
-            if crashes.contains(&i) {
+            for &(_, mode) in crashes.iter().filter(|c| c.0 == i) {
                 // The process dies: only the transport's record of what the
                 // service took and the spool survive.
-                let (_, t, s) = agent.into_parts();
+                let (mut outbox, mut t, mut s) = agent.into_parts();
+                if mode > 0 {
+                    // Mid-drain: a fresh tenant's frame makes sure something
+                    // is due; a transmit is handed out, and the process dies
+                    // before its outcome is handled.
+                    extra_id += 1;
+                    let f = frame(4, DataType::Event, 1, extra_id);
+                    pushed.insert(f.batch_id(), 1);
+                    outbox.push(now, f).unwrap();
+                    while let Some(op) = outbox.poll_storage() {
+                        match op {
+                            StorageOp::Persist { batch_id, frame } => s.persist(batch_id, &frame).unwrap(),
+                            StorageOp::Remove { batch_id } => s.remove(batch_id).unwrap(),
+                            _ => unreachable!(),
+                        }
+                    }
+                    while let Some(e) = outbox.poll_event() {
+                        if let DeliveryEvent::Dropped { batch_id, .. } = e {
+                            prop_assert!(dropped.insert(batch_id));
+                        }
+                    }
+                    let tx = outbox.poll_transmit(now);
+                    prop_assert!(tx.is_some(), "a batch is in flight at the crash");
+                    let tx = tx.unwrap();
+                    prop_assert_eq!(outbox.phase(tx.batch_id), Some(Phase::InFlight));
+                    if mode == 2 {
+                        // The service took it; the answer is lost.
+                        let _ = opsdata::Transport::send(&mut t, now, &tx);
+                        outcome_lost.insert(tx.batch_id);
+                    }
+                }
+                drop(outbox);
                 transport = t;
                 spool = s;
                 let (recovered, report) = Agent::recover(policy.clone(), 1, now, transport.clone(), spool.clone(), &FrameLimits::default()).unwrap();
@@ -582,6 +621,12 @@ proptest! {
         let delivered: std::collections::BTreeSet<BatchId> =
             agent.transport().delivered().iter().map(|f| f.batch_id()).collect();
         for id in pushed.keys() {
+            if outcome_lost.contains(id) {
+                // The service has it; the outbox, never told, may still
+                // have sent it again or dropped it later: at least once.
+                prop_assert!(delivered.contains(id), "batch {} taken, then lost", id);
+                continue;
+            }
             prop_assert!(delivered.contains(id) ^ dropped.contains(id), "batch {} delivered {} dropped {}", id, delivered.contains(id), dropped.contains(id));
         }
         prop_assert!(agent.spool().is_empty());
@@ -598,4 +643,335 @@ fn spool_order_is_persist_order() {
     let mut got = Vec::new();
     s.load(&mut |bytes| got.push(bytes)).unwrap();
     assert_eq!(got, vec![b.as_bytes().clone(), a.as_bytes().clone()]);
+}
+
+/// Bug: with `jitter_percent` 100 the random cut could take the whole of a
+/// queued wait, scheduling the retry at the very time of the failure (a
+/// zero wait), so a driver sending whatever is due spins on one batch.
+#[test]
+fn regression_full_jitter_never_schedules_a_retry_at_the_failure() {
+    let ms = Duration::milliseconds(1);
+    let policy = DeliveryPolicy::default()
+        .with_retry_interval(ms)
+        .unwrap()
+        .with_queue_retry_max(ms)
+        .unwrap()
+        .with_cache_window(ms)
+        .unwrap()
+        .with_jitter_percent(100)
+        .unwrap();
+    for seed in 0..8 {
+        let mut o = Outbox::new(policy.clone(), seed);
+        o.push(t0(), frame(1, DataType::Alert, 1, 1)).unwrap();
+        let mut now = t0();
+        for failure in 0..40 {
+            let tx = o.poll_transmit(now).expect("the probe is due");
+            o.handle_outcome(now, tx.batch_id, Outcome::Transient)
+                .unwrap();
+            let at = events(&mut o)
+                .into_iter()
+                .find_map(|e| match e {
+                    DeliveryEvent::RetryScheduled { at, .. } => Some(at),
+                    _ => None,
+                })
+                .expect("a retry is scheduled");
+            assert!(
+                at > now,
+                "seed {seed} failure {failure}: retry at {at}, failed at {now}"
+            );
+            assert!(o.poll_transmit(now).is_none(), "sent again at once");
+            now = o.poll_timeout().unwrap();
+            o.handle_timeout(now);
+        }
+    }
+}
+
+/// Bug: the first queued wait (the first retry past the cache window) was
+/// 2 × `retry_interval`, not `retry_interval`: the queued-failure count was
+/// incremented before the backoff exponent was taken from it.
+#[test]
+fn regression_first_queued_wait_is_one_retry_interval() {
+    let policy = no_jitter().with_cache_window(Duration::minutes(8)).unwrap();
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0(), frame(1, DataType::Alert, 1, 1)).unwrap();
+    let tx = o.poll_transmit(t0()).unwrap();
+    o.handle_outcome(t0(), tx.batch_id, Outcome::Transient)
+        .unwrap();
+    // The one slot inside the window: F + 8 min.
+    let mut now = t0();
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let due = o.poll_timeout().unwrap();
+        waits.push((due - now).num_minutes());
+        now = due;
+        o.handle_timeout(now);
+        let tx = o.poll_transmit(now).unwrap();
+        o.handle_outcome(now, tx.batch_id, Outcome::Transient)
+            .unwrap();
+    }
+    // In the window: 8; queued: 8, 16, 32, then capped at 60.
+    assert_eq!(waits, [8, 8, 16, 32, 60, 60]);
+}
+
+/// A transport that always answers `outcome` and fails the test if one
+/// `Agent` call sends more than `cap` times.
+struct Stubborn {
+    outcome: Outcome,
+    sends: u32,
+    cap: u32,
+}
+
+impl opsdata::Transport for Stubborn {
+    fn send(&mut self, _now: DateTime<Utc>, _tx: &opsdata::Transmit) -> Outcome {
+        self.sends += 1;
+        assert!(self.sends <= self.cap, "one call sent {} times", self.sends);
+        self.outcome
+    }
+}
+
+/// Bug: at `now == DateTime::MAX_UTC` a failing tenant's retry time
+/// saturates at `now`, so the batch is due again at once and
+/// `Agent::drive` sends it forever; a service answering `Throttled` with no
+/// wait did the same at any time. Each call now sends each batch at most
+/// once.
+#[test]
+fn regression_agent_drive_is_bounded_at_the_end_of_time() {
+    let cases = [
+        (DateTime::<Utc>::MAX_UTC, Outcome::Transient),
+        (
+            t0(),
+            Outcome::Throttled {
+                retry_after: Duration::zero(),
+            },
+        ),
+    ];
+    for (now, outcome) in cases {
+        let transport = Stubborn {
+            outcome,
+            sends: 0,
+            cap: 1000,
+        };
+        let mut agent = Agent::new(Outbox::new(no_jitter(), 1), transport, MemorySpool::new());
+        agent.push(now, frame(1, DataType::Alert, 1, 1)).unwrap();
+        assert_eq!(agent.transport().sends, 1, "{outcome:?}: one send a call");
+        agent.push(now, frame(1, DataType::Event, 1, 2)).unwrap();
+        agent.tick(now).unwrap();
+        assert!(agent.transport().sends <= 4, "{outcome:?}");
+        assert_eq!(agent.outbox().held_batches(), 2);
+        assert_eq!(agent.spool().len(), 2);
+    }
+}
+
+/// Dropped batch ids in `events`, with their reasons.
+fn drops(events: &[DeliveryEvent]) -> Vec<(BatchId, DropReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DeliveryEvent::Dropped {
+                batch_id, reason, ..
+            } => Some((*batch_id, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bug: a frame that could not fit even after every batch ranked before it
+/// was gone (larger than the limit, or the room taken by batches in flight
+/// or of more important types) first evicted that whole backlog and was
+/// then refused anyway. Now the new frame alone is dropped, nothing else.
+#[test]
+fn regression_an_unfittable_frame_evicts_nothing() {
+    let id = |n| BatchId::new(Uuid::from_u128(n)).unwrap();
+    let small = frame(1, DataType::Performance, 1, 1).len() as u64;
+    let big = frame(1, DataType::Alert, 40, 9);
+    assert!(big.len() as u64 > 3 * small);
+
+    // Larger than limit_bytes itself.
+    let policy = no_jitter().with_limit_bytes(3 * small).unwrap();
+    let mut o = Outbox::new(policy, 1);
+    for n in 1..=2 {
+        o.push(t0(), frame(1, DataType::Performance, 1, n)).unwrap();
+    }
+    let _ = storage(&mut o);
+    o.push(t0(), big.clone()).unwrap();
+    assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
+    assert!(storage(&mut o).is_empty(), "nothing persisted or removed");
+    assert_eq!(o.held_batches(), 2);
+
+    // Room taken by a batch in flight: evicting the waiting Performance
+    // batch would not make enough.
+    let policy = no_jitter()
+        .with_limit_bytes(big.len() as u64 + small)
+        .unwrap();
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0(), frame(1, DataType::Event, 2, 1)).unwrap();
+    let tx = o.poll_transmit(t0()).unwrap();
+    o.handle_outcome(t0(), tx.batch_id, Outcome::Transient)
+        .unwrap();
+    o.push(t0(), frame(1, DataType::Performance, 1, 2)).unwrap();
+    let probe = o.poll_transmit(t0() + Duration::minutes(8)).unwrap();
+    assert_eq!(probe.batch_id, id(1), "the Event batch is in flight");
+    let _ = events(&mut o);
+    o.push(t0() + Duration::minutes(8), big.clone()).unwrap();
+    assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
+    assert_eq!(
+        o.phase(id(2)),
+        Some(Phase::Cached),
+        "the Performance batch stays"
+    );
+
+    // A tenant share: only the tenant's own batches count, and its Alert
+    // is ranked after the new Event frame.
+    let event = frame(1, DataType::Event, 40, 9);
+    let alert = frame(1, DataType::Alert, 3, 2);
+    assert!(event.len() as u64 / 2 > small);
+    let share = alert.len() as u64 + small + event.len() as u64 / 2;
+    let policy = no_jitter()
+        .with_tenant_limit_bytes(Some(share))
+        .unwrap()
+        .with_max_in_flight(1)
+        .unwrap();
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0(), frame(2, DataType::Performance, 1, 3)).unwrap();
+    o.push(t0(), frame(1, DataType::Performance, 1, 1)).unwrap();
+    o.push(t0(), alert).unwrap();
+    let _ = events(&mut o);
+    o.push(t0(), event).unwrap();
+    assert_eq!(drops(&events(&mut o)), [(id(9), DropReason::QueueFull)]);
+    assert_eq!(o.held_batches(), 3);
+}
+
+/// Bug: `Outbox::recover` dropped a recovered frame that did not fit but
+/// never asked the host to remove it from the spool, so it stayed there and
+/// was reported dropped again on every restart; `RecoveryReport::recovered`
+/// counted it as well.
+#[test]
+fn regression_recovery_removes_what_it_drops_from_the_spool() {
+    let id = |n| BatchId::new(Uuid::from_u128(n)).unwrap();
+    let perf = frame(1, DataType::Performance, 1, 1);
+    let alerts = [
+        frame(1, DataType::Alert, 1, 2),
+        frame(1, DataType::Alert, 1, 3),
+    ];
+    let huge = frame(1, DataType::Event, 400, 4);
+    let limit = (perf.len() + alerts[0].len() + alerts[1].len()) as u64 - 1;
+    assert!(huge.len() as u64 > limit);
+    let policy = no_jitter().with_limit_bytes(limit).unwrap();
+    let mut spool = MemorySpool::new();
+    // The Performance frame fits at first, then the second Alert evicts it;
+    // the Event frame never fits.
+    for f in [&perf, &alerts[0], &alerts[1], &huge] {
+        spool.persist(f.batch_id(), f).unwrap();
+    }
+    let mut transport = MemoryTransport::new();
+    transport.set_reachable(tenant(1), false);
+    let (mut agent, report) = Agent::recover(
+        policy.clone(),
+        1,
+        t0(),
+        transport,
+        spool,
+        &FrameLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(report.recovered, 2, "only the frames held");
+    assert_eq!(report.dropped, 2);
+    let dropped: Vec<_> = std::iter::from_fn(|| agent.poll_event())
+        .filter_map(|e| match e {
+            DeliveryEvent::Dropped { batch_id, .. } => Some(batch_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, [id(1), id(4)]);
+    assert_eq!(agent.spool().len(), 2, "the spool holds what is held");
+
+    // A second restart finds nothing more to drop.
+    let (_, transport, spool) = agent.into_parts();
+    let (mut agent, report) =
+        Agent::recover(policy, 1, t0(), transport, spool, &FrameLimits::default()).unwrap();
+    assert_eq!((report.recovered, report.dropped), (2, 0));
+    assert!(
+        std::iter::from_fn(|| agent.poll_event())
+            .all(|e| !matches!(e, DeliveryEvent::Dropped { .. }))
+    );
+}
+
+/// Bug: `expire_after` counted from when the frame was pushed or
+/// recovered, so every restart started the clock again and a batch could
+/// outlive its expiry indefinitely. It counts from the frame header's
+/// `created` time (the batch's close time).
+#[test]
+fn regression_expiry_counts_from_the_frame_not_the_push() {
+    let policy = no_jitter()
+        .with_expire_after(DataType::Performance, Some(Duration::minutes(30)))
+        .unwrap();
+    let f = frame(1, DataType::Performance, 1, 1);
+    assert_eq!(f.header().created, t0());
+    // Pushed 20 minutes after it was made, then a restart at 25 minutes.
+    let mut o = Outbox::new(policy.clone(), 1);
+    o.push(t0() + Duration::minutes(20), f.clone()).unwrap();
+    assert_eq!(o.poll_timeout(), Some(t0() + Duration::minutes(30)));
+    let restart = t0() + Duration::minutes(25);
+    let (mut o, report) = Outbox::recover(
+        policy.clone(),
+        1,
+        restart,
+        [f.as_bytes().clone()],
+        &FrameLimits::default(),
+    );
+    assert_eq!(report.recovered, 1);
+    assert_eq!(o.poll_timeout(), Some(t0() + Duration::minutes(30)));
+    o.handle_timeout(t0() + Duration::minutes(30));
+    assert_eq!(
+        drops(&events(&mut o)),
+        [(f.batch_id(), DropReason::Expired)]
+    );
+    assert!(matches!(
+        storage(&mut o).as_slice(),
+        [StorageOp::Remove { .. }]
+    ));
+    // A frame already past its expiry when pushed is dropped at once,
+    // never persisted or sent.
+    let mut o = Outbox::new(policy, 1);
+    o.push(t0() + Duration::minutes(31), f.clone()).unwrap();
+    assert_eq!(
+        drops(&events(&mut o)),
+        [(f.batch_id(), DropReason::Expired)]
+    );
+    assert!(storage(&mut o).is_empty());
+    assert!(o.poll_transmit(t0() + Duration::minutes(31)).is_none());
+    assert_eq!(o.held_batches(), 0);
+}
+
+#[test]
+fn held_counts_by_type_and_by_phase() {
+    let policy = no_jitter().with_cache_window(Duration::minutes(8)).unwrap();
+    let mut o = Outbox::new(policy, 1);
+    let perf = frame(1, DataType::Performance, 2, 1);
+    o.push(t0(), perf.clone()).unwrap();
+    o.push(t0(), frame(1, DataType::Alert, 1, 2)).unwrap();
+    o.push(t0(), frame(2, DataType::Performance, 1, 3)).unwrap();
+    assert_eq!(o.held_of_type(DataType::Performance), 2);
+    let perf_bytes = perf.len() + frame(2, DataType::Performance, 1, 3).len();
+    assert_eq!(
+        o.held_by_type(DataType::Performance),
+        (2, perf_bytes as u64)
+    );
+    assert_eq!(o.held_by_type(DataType::Event), (0, 0));
+    let counts = o.held_by_phase();
+    assert_eq!((counts.pending, counts.in_flight), (3, 0));
+    // Tenant 1 goes offline with its first batch; tenant 2's is in flight.
+    let sent: Vec<_> = std::iter::from_fn(|| o.poll_transmit(t0())).collect();
+    assert_eq!(o.held_by_phase().in_flight, 3);
+    let alert = BatchId::new(Uuid::from_u128(2)).unwrap();
+    assert!(sent.iter().any(|tx| tx.batch_id == alert));
+    o.handle_outcome(t0(), alert, Outcome::Delivered).unwrap();
+    o.handle_outcome(t0(), perf.batch_id(), Outcome::Transient)
+        .unwrap();
+    let counts = o.held_by_phase();
+    assert_eq!((counts.cached, counts.in_flight, counts.queued), (1, 1, 0));
+    assert_eq!(o.held_by_type(DataType::Alert), (0, 0));
+    o.handle_timeout(t0() + Duration::minutes(8));
+    let counts = o.held_by_phase();
+    assert_eq!((counts.queued, counts.in_flight, counts.pending), (1, 1, 0));
 }

@@ -8,18 +8,24 @@
 //!
 //! - conservation: every frame pushed ends in exactly one `Delivered` or
 //!   `Dropped`, or is still held; nothing disappears without an event;
+//! - expiry: counted from the frame's `created` time; a frame pushed past
+//!   it is dropped at once (`Expired`), others when it comes;
 //! - storage: one `Persist` per held batch, one `Remove` when it leaves;
 //! - limits: `held_bytes` / `held_batches` / per-tenant bytes within the
 //!   policy, and equal to the model's sums;
 //! - drop priority: each `QueueFull` drop is, among the batches not in
 //!   flight and the new frame, the oldest of the first type in `drop_order`,
-//!   and only while the new frame does not fit;
+//!   and only while the new frame does not fit; a new frame that would not
+//!   fit even with every batch the rule puts before it gone is dropped
+//!   alone, evicting nothing;
 //! - connectivity: `Transient` takes a tenant offline, `Delivered` /
 //!   `Rejected` bring it back; offline, one probe at a time, the oldest of
 //!   the most important type; online, oldest first, `max_in_flight` at most;
 //! - schedule: probes no earlier than `F + k * retry_interval`, at the next
-//!   grid slot within the cache window, then growing waits capped at
-//!   `queue_retry_max`; `Queued` once the window has passed;
+//!   grid slot within the cache window, then queued waits of
+//!   `retry_interval`, doubling, capped at `queue_retry_max` (exactly
+//!   without jitter; jitter only shortens them, never below
+//!   `retry_interval`); `Queued` once the window has passed;
 //! - throttling: no send of a tenant before `now + min(retry_after,
 //!   max_retry_after)`, and the timer wakes the host when that time comes;
 //! - liveness: when `poll_transmit` runs dry no tenant could still send;
@@ -41,7 +47,8 @@ use std::sync::{Mutex, OnceLock};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use opsdata::{
     BatchId, DataType, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Frame,
-    FrameEncoder, Outbox, Outcome, Phase, StorageOp, Tagged, TenantBatch, TenantId, TenantStatus,
+    FrameEncoder, Outbox, Outcome, Phase, PhaseCounts, StorageOp, Tagged, TenantBatch, TenantId,
+    TenantStatus,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -171,8 +178,9 @@ struct Outage {
     sched_at: DateTime<Utc>,
     /// Whether `Queued` was given.
     queued: bool,
-    /// The last wait once past the cache window (for "waits grow").
-    queued_wait: Option<Duration>,
+    /// Failures past the cache window: the next queued wait is
+    /// `retry_interval * 2^queued_failures`, capped at `queue_retry_max`.
+    queued_failures: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -287,6 +295,27 @@ impl Model {
                 .is_some_and(|n| self.held.len() as u64 + 1 > n)
             || p.tenant_limit_bytes()
                 .is_some_and(|n| self.tenant_bytes(tenant) + bytes > n)
+    }
+
+    /// Whether evicting every batch the drop rule puts before `new` (not in
+    /// flight, of its tenant when there is a per-tenant limit, a type no
+    /// later in `drop_order`) would make room for it.
+    fn could_fit(&self, new: &Batch) -> bool {
+        let own_only = self.policy.tenant_limit_bytes().is_some();
+        let stays =
+            |b: &&Batch| b.in_flight || (own_only && b.tenant != new.tenant) || b.rank > new.rank;
+        let kept: Vec<&Batch> = self.held.iter().filter(stays).collect();
+        let p = &self.policy;
+        let bytes: u64 = kept.iter().map(|b| b.bytes).sum();
+        let tenant: u64 = kept
+            .iter()
+            .filter(|b| b.tenant == new.tenant)
+            .map(|b| b.bytes)
+            .sum();
+        bytes + new.bytes <= p.limit_bytes()
+            && p.limit_batches().is_none_or(|n| (kept.len() as u64) < n)
+            && p.tenant_limit_bytes()
+                .is_none_or(|n| tenant + new.bytes <= n)
     }
 
     /// The batch the drop rule takes next: among the batches not in flight
@@ -638,13 +667,29 @@ impl Harness {
             bytes: frame.len() as u64,
             records: records as u32,
             seq: self.m.seq,
-            expires: self.m.policy.expire_after(data_type).map(|d| now + d),
+            // Expiry counts from the frame's creation, not from the push.
+            expires: self
+                .m
+                .policy
+                .expire_after(data_type)
+                .map(|d| frame.header().created + d),
             frame,
             in_flight: false,
             probe: false,
             sends: 0,
         };
         let (events, ops) = self.drain();
+        if new.expires.is_some_and(|x| x <= now) {
+            // Already expired: dropped at once, alone, never persisted.
+            let expected = dropped(&new, DropReason::Expired);
+            c.ensure(Rule::Accounting, events == [expected.clone()], || {
+                format!("push of an expired frame gave {events:?}, not {expected:?}")
+            })?;
+            self.terminal(id)?;
+            return self.check_storage(ops);
+        }
+        // Hopeless: the new frame goes alone, before anything is evicted.
+        let hopeless = !self.m.could_fit(&new);
         let mut new_dropped = false;
         let mut other = Vec::new();
         for ev in events {
@@ -670,7 +715,11 @@ impl Harness {
                     self.m.held.len()
                 )
             })?;
-            let pick = self.m.eviction_pick(&new);
+            let pick = if hopeless {
+                &new
+            } else {
+                self.m.eviction_pick(&new)
+            };
             let victim = if batch_id == id {
                 Some(&new)
             } else {
@@ -884,7 +933,7 @@ impl Harness {
                                 probe_failures: 0,
                                 sched_at: now,
                                 queued: false,
-                                queued_wait: None,
+                                queued_failures: 0,
                             });
                             self.expect_retry(&mut events, t)?;
                         }
@@ -971,13 +1020,17 @@ impl Harness {
         let slot = o.since + interval * i32::try_from(k).unwrap();
         let queued = slot > o.since + window;
         let (lo, hi) = if queued {
-            // Waits grow (exactly, without jitter), up to queue_retry_max.
-            let min_wait = if jitter == 0 {
-                o.queued_wait.unwrap_or(interval)
-            } else {
-                Duration::zero()
-            };
-            (grid.max(f + min_wait), f + qmax)
+            // The first queued wait is retry_interval, then doubling, capped
+            // at queue_retry_max; jitter shaves up to jitter_percent of it
+            // off, but never below retry_interval.
+            let base = i32::try_from(o.queued_failures)
+                .ok()
+                .filter(|&n| n < 31)
+                .and_then(|n| interval.checked_mul(1 << n))
+                .map_or(qmax, |b| b.min(qmax));
+            let shave = Duration::milliseconds(base.num_milliseconds() * i64::from(jitter) / 100);
+            let min_wait = (base - shave).max(interval);
+            (grid.max(f + min_wait), f + base)
         } else {
             (grid, slot)
         };
@@ -1012,8 +1065,8 @@ impl Harness {
             format!("tenant {t} throttled until {throttle}, its retry is scheduled at {at}")
         })?;
         o.sched_at = at;
-        if queued && at > throttle {
-            o.queued_wait = Some(at - f);
+        if queued {
+            o.queued_failures += 1;
         }
         Ok(())
     }
@@ -1202,6 +1255,20 @@ impl Harness {
                 },
             )?;
         }
+        // The O(1) counters by data type equal the model's sums.
+        for t in DataType::ALL {
+            let held = self.outbox.held_by_type(t);
+            let of_type = m.held.iter().filter(|b| b.data_type == t);
+            let model = (of_type.clone().count(), of_type.map(|b| b.bytes).sum());
+            c.ensure(Rule::Accounting, held == model, || {
+                format!("{t:?}: held_by_type {held:?}, the model {model:?}")
+            })?;
+            c.ensure(
+                Rule::Accounting,
+                self.outbox.held_of_type(t) == model.0,
+                || format!("{t:?}: held_of_type disagrees with the model"),
+            )?;
+        }
         // Conservation: each id pushed is held, or had exactly one terminal event.
         for id in &m.pushed {
             let held = m.get(*id).is_some();
@@ -1222,6 +1289,7 @@ impl Harness {
                 format!("tenant {t} is {status:?}, the model {model:?}")
             })?;
         }
+        let mut phases = PhaseCounts::default();
         for b in &m.held {
             let phase = self.outbox.phase(b.id);
             let model = if b.in_flight {
@@ -1236,7 +1304,17 @@ impl Harness {
             c.ensure(Rule::Connectivity, phase == Some(model), || {
                 format!("{} is {phase:?}, the model {model:?}", b.id)
             })?;
+            *match model {
+                Phase::Pending => &mut phases.pending,
+                Phase::InFlight => &mut phases.in_flight,
+                Phase::Cached => &mut phases.cached,
+                _ => &mut phases.queued,
+            } += 1;
         }
+        let counted = self.outbox.held_by_phase();
+        c.ensure(Rule::Connectivity, counted == phases, || {
+            format!("held_by_phase {counted:?}, the model {phases:?}")
+        })?;
         // The timer: no later than the next thing due.
         let window = p.cache_window();
         let mut due: Vec<(DateTime<Utc>, Rule, String)> = Vec::new();

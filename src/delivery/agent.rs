@@ -177,6 +177,12 @@ pub enum AgentError<E: std::error::Error + 'static> {
 /// spool before any send, sends what is due (the transport answers at once),
 /// and leaves events to [`poll_event`](Agent::poll_event). Call
 /// [`tick`](Agent::tick) at [`next_wakeup`](Agent::next_wakeup).
+///
+/// **Bounded work**: one call sends each held batch at most once, so it
+/// makes at most as many sends as there are batches held. A batch that
+/// fails and is due again at once (after a `Throttled` with no wait, or at
+/// `DateTime::MAX_UTC`, where retry times saturate) is sent again on the
+/// next call, not in a loop within this one.
 #[derive(Debug)]
 pub struct Agent<T, S: Spool> {
     outbox: Outbox,
@@ -263,12 +269,19 @@ where
         Ok(())
     }
 
+    /// Applies storage operations and sends what is due, each batch at most
+    /// once: a batch that fails and is due again at once (a `Throttled`
+    /// with no wait, or any failure at `DateTime::MAX_UTC`, where retry
+    /// times saturate) waits for the next call. So a call makes at most as
+    /// many sends as there are batches held.
     fn drive(&mut self, now: DateTime<Utc>) -> Result<(), AgentError<S::Error>> {
+        let mut sent = BTreeSet::new();
         loop {
             self.apply_storage()?;
-            let Some(tx) = self.outbox.poll_transmit(now) else {
+            let Some(tx) = self.outbox.next_transmit(now, |id| sent.contains(&id)) else {
                 break;
             };
+            sent.insert(tx.batch_id);
             let outcome = self.transport.send(now, &tx);
             self.outbox.handle_outcome(now, tx.batch_id, outcome)?;
         }

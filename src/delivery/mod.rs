@@ -182,6 +182,20 @@ pub enum Phase {
     Queued,
 }
 
+/// Batches held in each [`Phase`], from [`Outbox::held_by_phase`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PhaseCounts {
+    /// Waiting to be sent; their tenant is online.
+    pub pending: usize,
+    /// Sent; outcome awaited.
+    pub in_flight: usize,
+    /// Their tenant is offline, within the cache window.
+    pub cached: usize,
+    /// Their tenant has been offline for longer than the cache window.
+    pub queued: usize,
+}
+
 /// Misuse of the outbox: a typed error that changes nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
-    DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, StorageOp,
-    TenantStatus, Transmit,
+    DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, PhaseCounts,
+    StorageOp, TenantStatus, Transmit,
 };
 use crate::frame::{BatchId, Frame, FrameError, FrameLimits};
 use crate::record::DataType;
@@ -15,6 +15,31 @@ use crate::tenant::TenantId;
 type EvictKey = (u8, u64, BatchId);
 /// A key ordering batches for probing: most important type first, then age.
 type ProbeKey = (u8, u64, BatchId);
+
+/// Batches and bytes not in flight, by drop rank: what eviction could free.
+#[derive(Debug, Default, Clone, Copy)]
+struct Evictable {
+    batches: [u64; 6],
+    bytes: [u64; 6],
+}
+
+impl Evictable {
+    fn add(&mut self, rank: u8, bytes: u64) {
+        let r = usize::from(rank);
+        self.batches[r] += 1;
+        self.bytes[r] += bytes;
+    }
+    fn sub(&mut self, rank: u8, bytes: u64) {
+        let r = usize::from(rank);
+        self.batches[r] -= 1;
+        self.bytes[r] -= bytes;
+    }
+    /// Batches and bytes of ranks up to and including `rank`.
+    fn up_to(&self, rank: u8) -> (u64, u64) {
+        let r = usize::from(rank) + 1;
+        (self.batches[..r].iter().sum(), self.bytes[..r].iter().sum())
+    }
+}
 
 #[derive(Debug)]
 struct Held {
@@ -48,6 +73,8 @@ struct Tenant {
     by_importance: BTreeSet<ProbeKey>,
     /// The same batches, in drop order.
     evictable: BTreeSet<EvictKey>,
+    /// Their totals by drop rank.
+    evictable_totals: Evictable,
     in_flight: u32,
     bytes: u64,
     batches: usize,
@@ -89,6 +116,7 @@ impl Tenant {
             waiting: BTreeSet::new(),
             by_importance: BTreeSet::new(),
             evictable: BTreeSet::new(),
+            evictable_totals: Evictable::default(),
             in_flight: 0,
             bytes: 0,
             batches: 0,
@@ -100,6 +128,11 @@ impl Tenant {
             queued: false,
         }
     }
+}
+
+/// A data type's slot in per-type arrays.
+fn type_index(data_type: DataType) -> usize {
+    usize::from(data_type.as_u8() - 1)
 }
 
 /// `t + d`, saturating at the end of time: a `now` the caller passes must not
@@ -125,8 +158,14 @@ impl Jitter {
 /// What [`Outbox::recover`] found in the spool.
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
-    /// Frames taken back into the outbox.
+    /// Frames held by the outbox once recovery is done.
     pub recovered: usize,
+    /// Frames read back but dropped: already past their data type's
+    /// `expire_after`, or beyond what the policy's limits hold (by the drop
+    /// order, as for pushes). Each has a
+    /// [`DeliveryEvent::Dropped`] event and a [`StorageOp::Remove`], so the
+    /// spool lets go of it and the next restart does not report it again.
+    pub dropped: usize,
     /// Frames skipped because they failed their checks, by position in the
     /// input, with the reason. The host should move them aside.
     pub skipped: Vec<(usize, FrameError)>,
@@ -178,8 +217,12 @@ pub struct Outbox {
     batches: BTreeMap<BatchId, Held>,
     tenants: BTreeMap<TenantId, Tenant>,
     evictable: BTreeSet<EvictKey>,
+    /// Their totals by drop rank.
+    evictable_totals: Evictable,
     expiries: BTreeSet<(DateTime<Utc>, BatchId)>,
     held_bytes: u64,
+    /// Batches and bytes held by data type (index `as_u8() - 1`).
+    by_type: [(usize, u64); 6],
     /// The tenant served last, for round-robin sending.
     cursor: Option<TenantId>,
     events: VecDeque<DeliveryEvent>,
@@ -198,8 +241,10 @@ impl Outbox {
             batches: BTreeMap::new(),
             tenants: BTreeMap::new(),
             evictable: BTreeSet::new(),
+            evictable_totals: Evictable::default(),
             expiries: BTreeSet::new(),
             held_bytes: 0,
+            by_type: [(0, 0); 6],
             cursor: None,
             events: VecDeque::new(),
             storage: VecDeque::new(),
@@ -210,7 +255,9 @@ impl Outbox {
     /// were persisted), without asking to persist them again. Frames that
     /// fail their checks are skipped and reported, never a reason to refuse
     /// to start; a batch id seen twice is kept once. If the frames pass the
-    /// policy's limits, the drop order applies as for pushes. Every tenant
+    /// policy's limits, the drop order applies as for pushes, and each frame
+    /// dropped, refused or evicted, gets a [`StorageOp::Remove`] so that the
+    /// spool ends up holding exactly what the outbox holds. Every tenant
     /// starts online. Drain the result as after any input: the recovered
     /// batches have no timer, so [`poll_transmit`](Outbox::poll_transmit)
     /// is what starts them.
@@ -223,19 +270,24 @@ impl Outbox {
         limits: &FrameLimits,
     ) -> (Outbox, RecoveryReport) {
         let mut outbox = Outbox::new(policy, seed);
+        let now = outbox.observe(now);
         let mut report = RecoveryReport::default();
+        let mut seen = BTreeSet::new();
+        let mut taken = 0;
         for (index, bytes) in frames.into_iter().enumerate() {
             match Frame::decode(bytes, limits) {
                 Err(e) => report.skipped.push((index, e)),
-                Ok(frame) if outbox.batches.contains_key(&frame.batch_id()) => {
+                Ok(frame) if !seen.insert(frame.batch_id()) => {
                     report.duplicates += 1;
                 }
                 Ok(frame) => {
                     outbox.insert(now, frame, false);
-                    report.recovered += 1;
+                    taken += 1;
                 }
             }
         }
+        report.recovered = outbox.batches.len();
+        report.dropped = taken - report.recovered;
         (outbox, report)
     }
 
@@ -245,10 +297,16 @@ impl Outbox {
         now
     }
 
-    /// Takes a frame to deliver. If holding it would pass a limit, batches
+    /// Takes a frame to deliver. A frame already past its data type's
+    /// `expire_after` (counted from its header's `created` time) is dropped
+    /// at once with [`DropReason::Expired`]. If holding it would pass a limit, batches
     /// are dropped in the policy's drop order, oldest first within a type,
     /// until it fits; the new frame is itself a candidate under the same
-    /// rule (a new Performance frame is dropped rather than an Alert). Each
+    /// rule (a new Performance frame is dropped rather than an Alert). If
+    /// dropping every batch the rule puts before it would still not make
+    /// room (a frame larger than a limit, or the room held by batches in
+    /// flight or of more important types), the new frame alone is dropped
+    /// and nothing held is evicted: that is checked first, in O(1). Each
     /// drop is a [`DeliveryEvent::Dropped`] with [`DropReason::QueueFull`].
     ///
     /// # Errors
@@ -281,6 +339,36 @@ impl Outbox {
                 .is_some_and(|n| tenant_bytes + bytes > n)
     }
 
+    /// Whether evicting every batch the drop rule puts before a new frame
+    /// of `rank` (every evictable batch of a rank up to its own: those of
+    /// its rank are older) would make room for it under every limit. With a
+    /// per-tenant limit only the tenant's own batches count, as only they
+    /// may be evicted. O(1): the totals by rank are kept as batches enter
+    /// and leave the evictable indexes.
+    fn could_fit(&self, tenant: TenantId, rank: u8, bytes: u64) -> bool {
+        let t = self.tenants.get(&tenant);
+        let tenant_bytes = t.map_or(0, |t| t.bytes);
+        let (free_batches, free_bytes) = if self.policy.tenant_limit_bytes().is_some() {
+            t.map_or((0, 0), |t| t.evictable_totals.up_to(rank))
+        } else {
+            self.evictable_totals.up_to(rank)
+        };
+        let fits_bytes = self.held_bytes - free_bytes + bytes <= self.policy.limit_bytes();
+        let fits_batches = self
+            .policy
+            .limit_batches()
+            .is_none_or(|n| self.batches.len() as u64 - free_batches < n);
+        let fits_tenant = self.policy.tenant_limit_bytes().is_none_or(|n| {
+            // Only the tenant's own batches are freed toward its share.
+            let own = t.map_or(0, |t| t.evictable_totals.up_to(rank).1);
+            tenant_bytes - own + bytes <= n
+        });
+        fits_bytes && fits_batches && fits_tenant
+    }
+
+    /// Holds a new frame, evicting by the drop rule if need be. `persist`:
+    /// a pushed frame, to be persisted once held; otherwise a recovered
+    /// one, already in the spool, which must be removed from it if refused.
     fn insert(&mut self, now: DateTime<Utc>, frame: Frame, persist: bool) {
         let batch_id = frame.batch_id();
         let tenant = frame.tenant();
@@ -290,6 +378,22 @@ impl Outbox {
         self.seq += 1;
         let seq = self.seq;
         let new_key: EvictKey = (rank, seq, batch_id);
+        // Expiry counts from the frame's creation (its batch's close time),
+        // so neither a late push nor a restart gives it more time.
+        let expires = self
+            .policy
+            .expire_after(data_type)
+            .map(|d| later(frame.header().created, d));
+        if expires.is_some_and(|at| at <= now) {
+            self.refuse(&frame, DropReason::Expired, persist);
+            return;
+        }
+        if self.over_limit(tenant, bytes) && !self.could_fit(tenant, rank, bytes) {
+            // Evicting everything ranked before it would not make room: the
+            // new frame alone goes, and nothing held is lost for it.
+            self.refuse(&frame, DropReason::QueueFull, persist);
+            return;
+        }
         while self.over_limit(tenant, bytes) {
             // With a per-tenant limit, a tenant's frame only evicts its own.
             let victim = if self.policy.tenant_limit_bytes().is_some() {
@@ -301,20 +405,14 @@ impl Outbox {
             };
             match victim {
                 Some(v) if v < new_key => self.drop_batch(v.2, DropReason::QueueFull),
+                // Not reached: could_fit said the batches before the new
+                // frame make room. Refusing it is still the safe answer.
                 _ => {
-                    self.events.push_back(DeliveryEvent::Dropped {
-                        tenant,
-                        data_type,
-                        batch_id,
-                        records: frame.header().record_count,
-                        bytes,
-                        reason: DropReason::QueueFull,
-                    });
+                    self.refuse(&frame, DropReason::QueueFull, persist);
                     return;
                 }
             }
         }
-        let expires = self.policy.expire_after(data_type).map(|d| later(now, d));
         let held = Held {
             records: frame.header().record_count,
             frame: frame.clone(),
@@ -334,11 +432,31 @@ impl Outbox {
         t.bytes += bytes;
         t.batches += 1;
         self.held_bytes += bytes;
+        let ty = &mut self.by_type[type_index(data_type)];
+        ty.0 += 1;
+        ty.1 += bytes;
         self.batches.insert(batch_id, held);
         self.mark_waiting(batch_id);
         if persist {
             self.storage
                 .push_back(StorageOp::Persist { batch_id, frame });
+        }
+    }
+
+    /// Drops a frame that is not held: its event, and, if it came from the
+    /// spool (`!pushed`), its removal from there.
+    fn refuse(&mut self, frame: &Frame, reason: DropReason, pushed: bool) {
+        let batch_id = frame.batch_id();
+        self.events.push_back(DeliveryEvent::Dropped {
+            tenant: frame.tenant(),
+            data_type: frame.data_type(),
+            batch_id,
+            records: frame.header().record_count,
+            bytes: frame.len() as u64,
+            reason,
+        });
+        if !pushed {
+            self.storage.push_back(StorageOp::Remove { batch_id });
         }
     }
 
@@ -349,11 +467,16 @@ impl Outbox {
         };
         h.in_flight = false;
         let (seq, ek, pk, tenant) = (h.seq, h.evict_key(id), h.probe_key(id), h.tenant);
-        self.evictable.insert(ek);
+        let (rank, bytes) = (h.rank, h.bytes);
+        if self.evictable.insert(ek) {
+            self.evictable_totals.add(rank, bytes);
+        }
         if let Some(t) = self.tenants.get_mut(&tenant) {
             t.waiting.insert((seq, id));
             t.by_importance.insert(pk);
-            t.evictable.insert(ek);
+            if t.evictable.insert(ek) {
+                t.evictable_totals.add(rank, bytes);
+            }
         }
     }
 
@@ -363,11 +486,16 @@ impl Outbox {
             return;
         };
         let (seq, ek, pk, tenant) = (h.seq, h.evict_key(id), h.probe_key(id), h.tenant);
-        self.evictable.remove(&ek);
+        let (rank, bytes) = (h.rank, h.bytes);
+        if self.evictable.remove(&ek) {
+            self.evictable_totals.sub(rank, bytes);
+        }
         if let Some(t) = self.tenants.get_mut(&tenant) {
             t.waiting.remove(&(seq, id));
             t.by_importance.remove(&pk);
-            t.evictable.remove(&ek);
+            if t.evictable.remove(&ek) {
+                t.evictable_totals.sub(rank, bytes);
+            }
         }
     }
 
@@ -379,6 +507,9 @@ impl Outbox {
             self.expiries.remove(&(at, id));
         }
         self.held_bytes -= h.bytes;
+        let ty = &mut self.by_type[type_index(h.data_type)];
+        ty.0 -= 1;
+        ty.1 -= h.bytes;
         if let Some(t) = self.tenants.get_mut(&h.tenant) {
             t.bytes -= h.bytes;
             t.batches -= 1;
@@ -411,6 +542,17 @@ impl Outbox {
     /// in flight; an offline tenant sends one probe (its oldest batch of the
     /// most important type) when its schedule allows.
     pub fn poll_transmit(&mut self, now: DateTime<Utc>) -> Option<Transmit> {
+        self.next_transmit(now, |_| false)
+    }
+
+    /// [`poll_transmit`](Outbox::poll_transmit), passing over a tenant
+    /// whose next batch is one `skip` names (the [`Agent`](super::Agent)
+    /// skips batches it has already sent in the same call).
+    pub(crate) fn next_transmit(
+        &mut self,
+        now: DateTime<Utc>,
+        skip: impl Fn(BatchId) -> bool,
+    ) -> Option<Transmit> {
         let now = self.observe(now);
         let max = self.policy.max_in_flight();
         let order: Vec<TenantId> = match self.cursor {
@@ -434,7 +576,7 @@ impl Outbox {
                 TenantStatus::Online => t.waiting.first().map(|&(_, id)| id),
                 TenantStatus::Offline { .. } => t.by_importance.first().map(|&(_, _, id)| id),
             };
-            let Some(id) = pick else {
+            let Some(id) = pick.filter(|&id| !skip(id)) else {
                 continue;
             };
             self.unmark_waiting(id);
@@ -458,6 +600,12 @@ impl Outbox {
     }
 
     /// Reports how a transmit went.
+    ///
+    /// A `Transient` failure schedules the tenant's next attempt strictly
+    /// after `now` (at least `retry_interval` later once queued, jitter
+    /// included), except at `DateTime::MAX_UTC`, where times saturate. A
+    /// `Throttled` is honoured as asked: with no wait, the batch is due
+    /// again at once.
     ///
     /// # Errors
     ///
@@ -584,10 +732,11 @@ impl Outbox {
         let at = match slot.filter(|&slot| slot <= later(since, window)) {
             Some(slot) => slot,
             None => {
-                t.queued_failures += 1;
+                // The first queued wait is `retry_interval`, then doubling.
                 let exp = t.queued_failures.min(30);
+                t.queued_failures = t.queued_failures.saturating_add(1);
                 let base = interval
-                    .checked_mul(1i32 << exp.min(30))
+                    .checked_mul(1i32 << exp)
                     .unwrap_or(self.policy.queue_retry_max())
                     .min(self.policy.queue_retry_max());
                 let shave = base.num_milliseconds() * i64::from(self.policy.jitter_percent()) / 100;
@@ -596,7 +745,11 @@ impl Outbox {
                 } else {
                     0
                 };
-                later(now, base - Duration::milliseconds(cut))
+                // Jitter never takes a queued wait below `retry_interval`:
+                // no queued retry comes sooner than one in the cache window
+                // would, and none at the very time of the failure.
+                let wait = (base - Duration::milliseconds(cut)).max(interval);
+                later(now, wait)
             }
         };
         t.retry_at = Some(at);
@@ -725,13 +878,39 @@ impl Outbox {
         })
     }
 
-    /// Batches held of one data type (a scan: for reports, not hot paths).
+    /// Batches held of one data type, in flight included. O(1): a counter
+    /// kept as batches come and go.
     #[must_use]
     pub fn held_of_type(&self, data_type: DataType) -> usize {
-        self.batches
-            .values()
-            .filter(|h| h.data_type == data_type)
-            .count()
+        self.by_type[type_index(data_type)].0
+    }
+
+    /// Batches and bytes held of one data type, in flight included. O(1): a
+    /// counter kept as batches come and go.
+    #[must_use]
+    pub fn held_by_type(&self, data_type: DataType) -> (usize, u64) {
+        self.by_type[type_index(data_type)]
+    }
+
+    /// Batches held in each [`Phase`]: in flight, and the rest by their
+    /// tenant's state (online: pending; offline: cached, then queued past
+    /// the cache window). The counts add up to
+    /// [`held_batches`](Outbox::held_batches). A pass over the tenants, not
+    /// the batches.
+    #[must_use]
+    pub fn held_by_phase(&self) -> PhaseCounts {
+        let mut counts = PhaseCounts::default();
+        for t in self.tenants.values() {
+            let in_flight = t.in_flight as usize;
+            counts.in_flight += in_flight;
+            let waiting = t.batches - in_flight;
+            match t.status {
+                TenantStatus::Online => counts.pending += waiting,
+                TenantStatus::Offline { .. } if t.queued => counts.queued += waiting,
+                TenantStatus::Offline { .. } => counts.cached += waiting,
+            }
+        }
+        counts
     }
 
     /// The policy in force.

@@ -129,7 +129,9 @@ impl DeliveryPolicy {
         self.queue_retry_max
     }
     /// How much of a queued wait may be shaved off at random, in percent of
-    /// the wait (so waits never pass `queue_retry_max`). Default 20.
+    /// the wait (so waits never pass `queue_retry_max`), but never below
+    /// `retry_interval`: even at 100 % no queued wait is shorter than the
+    /// waits within the cache window, and none is zero. Default 20.
     #[must_use]
     pub fn jitter_percent(&self) -> u8 {
         self.jitter_percent
@@ -147,6 +149,13 @@ impl DeliveryPolicy {
     /// The bytes one tenant may hold, if limited. When set, a tenant's new
     /// frame only ever evicts that tenant's own batches: one tenant's
     /// backlog cannot push out another's data. Default none.
+    ///
+    /// `limit_bytes` still applies over all tenants, and a frame that does
+    /// not fit under it is refused even if its tenant is within its share.
+    /// So the shares protect each tenant fully only when they add up to no
+    /// more than the whole: share × tenants ≤ `limit_bytes`. With more
+    /// tenants than that, the first to fill the outbox can leave the others
+    /// less than their share.
     #[must_use]
     pub fn tenant_limit_bytes(&self) -> Option<u64> {
         self.tenant_limit_bytes
@@ -168,7 +177,12 @@ impl DeliveryPolicy {
         self.max_retry_after
     }
     /// How old a batch of `data_type` may get before it is dropped as
-    /// expired; `None` (the default) keeps it until delivered or evicted.
+    /// expired, counted from its frame header's `created` time (when the
+    /// batch was closed), saturating at the end of time: neither a late push
+    /// nor a restart gives it more time, and a frame already that old when
+    /// pushed or recovered is dropped at once. A batch in flight at its
+    /// expiry is dropped when it comes back undelivered. `None` (the
+    /// default) keeps it until delivered or evicted.
     #[must_use]
     pub fn expire_after(&self, data_type: DataType) -> Option<Duration> {
         self.expire_after[usize::from(data_type.as_u8() - 1)]
