@@ -120,6 +120,149 @@ fn repair_crcs(buf: &mut [u8]) {
     }
 }
 
+/// Opening arbitrary bytes as a sealed frame with a fixed ring: the tenant
+/// of the sealed vectors in `tests/data/frames/sealed/`, with their keys 1
+/// and 2. The first byte is the harness's: its low bit says whether to
+/// repair the CRCs of the frame (as in [`frame_decoder`], so that mutations
+/// reach the cryptography instead of stopping at a CRC), the next bit makes
+/// key 2 the primary (key 1 then `DecryptOnly`) instead of key 1 (key 2
+/// then `Pending`). The rest goes to [`Frame::decode`](crate::Frame::decode)
+/// with small limits; a frame that comes out is peeked, opened and
+/// rewrapped.
+/// Checks: no panic; `peek` agrees with the decoded header (and fails only
+/// for a key id of 0); an opened frame is unsealed, has the same header but
+/// for the seal flag and a body 16 bytes shorter, and re-reads alone; a
+/// rewrapped frame keeps every byte from offset 136 on, re-reads alone,
+/// names the primary, and opens exactly as the input does.
+pub fn sealed_open(data: &[u8]) {
+    use bytes::Bytes;
+    use chrono::DateTime;
+
+    use crate::frame::{FIXED_HEADER_LEN, Frame, FrameLimits};
+    use crate::keys::{DeterministicEntropy, KeyId, KeyMaterial, KeyRing, RotationPolicy};
+    use crate::keys::{open, peek, rewrap};
+    use crate::tenant::TenantId;
+
+    /// Fixed header, seal section and header CRC of a sealed frame.
+    const SEALED_PREFIX: usize = 136;
+    /// The vectors' tenant, 0f8fad5b-d9cb-469f-a165-70867728950e.
+    const TENANT: u128 = 0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e;
+    /// Keys 1 and 2 of `tests/data/frames/sealed/vectors.json`.
+    const KEY_1: [u8; 32] = [
+        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
+        0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d,
+        0x1e, 0x1f,
+    ];
+    const KEY_2: [u8; 32] = [
+        0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xcb, 0xcc, 0xcd, 0xce,
+        0xcf, 0xd0, 0xd1, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xdb, 0xdc, 0xdd,
+        0xde, 0xdf,
+    ];
+
+    let Some((&mode, input)) = data.split_first() else {
+        return;
+    };
+    let mut bytes = input.to_vec();
+    if mode & 1 == 1 {
+        repair_crcs(&mut bytes);
+    }
+    let limits = FrameLimits::default()
+        .with_max_body(64 << 10)
+        .and_then(|l| l.with_max_content(256 << 10))
+        .and_then(|l| l.with_max_records(512))
+        .and_then(|l| l.with_max_record_bytes(16 << 10))
+        .expect("nonzero limits");
+    let Ok(frame) = Frame::decode(Bytes::from(bytes), &limits) else {
+        return;
+    };
+    let h = *frame.header();
+
+    // The key-free read agrees with the full one.
+    let raw_kek_id = h.sealed.then(|| {
+        let b = &frame.as_bytes()[FIXED_HEADER_LEN + 4..FIXED_HEADER_LEN + 8];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    });
+    match peek(frame.as_bytes()) {
+        Ok(p) => {
+            assert_eq!(p.tenant, h.tenant);
+            assert_eq!(p.data_type, h.data_type);
+            assert_eq!(p.batch_id, h.batch_id);
+            assert_eq!(p.created, h.created);
+            assert_eq!(p.frame_len, frame.len());
+            assert_eq!(
+                p.kek_id.map(KeyId::get),
+                raw_kek_id,
+                "peek read another key id"
+            );
+        }
+        Err(e) => assert_eq!(raw_kek_id, Some(0), "peek refused a decoded frame: {e}"),
+    }
+
+    let now = DateTime::from_timestamp(1_800_000_000, 0).expect("in range");
+    let tenant = TenantId::new(uuid::Uuid::from_u128(TENANT)).expect("not nil");
+    let mut ring = KeyRing::new(tenant, &RotationPolicy::default());
+    let (k1, k2) = (KeyId::new(1).expect("1"), KeyId::new(2).expect("2"));
+    ring.import(k1, KeyMaterial::from_bytes(KEY_1), now)
+        .expect("a fresh ring imports");
+    ring.import(k2, KeyMaterial::from_bytes(KEY_2), now)
+        .expect("ids increase");
+    ring.promote(k1, now).expect("a pending key promotes");
+    let primary = if mode & 2 == 2 {
+        ring.promote(k2, now).expect("a pending key promotes");
+        k2
+    } else {
+        k1
+    };
+
+    let opened = open(&frame, &ring);
+    if let Ok(o) = &opened {
+        assert!(h.sealed, "an unsealed frame opened");
+        let oh = *o.header();
+        assert!(!oh.sealed, "an opened frame is still sealed");
+        assert_eq!(
+            oh.body_len + 16,
+            h.body_len,
+            "the body is not 16 bytes shorter"
+        );
+        assert_eq!(
+            oh,
+            crate::frame::FrameHeader {
+                sealed: false,
+                body_len: oh.body_len,
+                ..h
+            },
+            "opening changed the header"
+        );
+        assert_eq!(
+            (o.tenant(), o.batch_id(), o.data_type()),
+            (frame.tenant(), frame.batch_id(), frame.data_type())
+        );
+        let alone =
+            Frame::decode(o.as_bytes().clone(), &limits).expect("an opened frame re-reads alone");
+        assert_eq!(&alone, o);
+    }
+
+    let mut entropy = DeterministicEntropy::from_u64(data.len() as u64);
+    if let Ok(moved) = rewrap(&frame, &mut ring, &mut entropy, now) {
+        let (a, b) = (moved.as_bytes(), frame.as_bytes());
+        assert_eq!(a.len(), b.len(), "rewrap changed the length");
+        assert_eq!(
+            a[SEALED_PREFIX..],
+            b[SEALED_PREFIX..],
+            "rewrap changed the body"
+        );
+        assert_eq!(moved.header(), frame.header(), "rewrap changed the header");
+        let alone = Frame::decode(a.clone(), &limits).expect("a rewrapped frame re-reads alone");
+        assert_eq!(alone, moved);
+        assert_eq!(peek(a).ok().and_then(|p| p.kek_id), Some(primary));
+        match (open(&moved, &ring), &opened) {
+            (Ok(x), Ok(y)) => assert_eq!(&x, y, "the rewrapped frame opens to another frame"),
+            (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string()),
+            (x, y) => panic!("rewrap changed whether the frame opens: {x:?} / {y:?}"),
+        }
+    }
+}
+
 /// The outbox driven by an arbitrary sequence of operations and time steps,
 /// with small limits, and now and then a crash.
 ///

@@ -12,6 +12,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("record_json", opsdata::fuzz::record_json),
     ("frame_decoder", opsdata::fuzz::frame_decoder),
     ("outbox_ops", opsdata::fuzz::outbox_ops),
+    ("sealed_open", opsdata::fuzz::sealed_open),
 ];
 
 #[test]

@@ -253,7 +253,10 @@ pub fn open(frame: &Frame, ring: &KeyRing) -> Result<Frame, KeyError> {
         body_len: plain_len,
         ..*h
     };
-    let mut out = Vec::with_capacity(header.frame_len());
+    // Room for the sealed body, tag included, which is decrypted in place
+    // and then truncated: with only `frame_len()` the buffer would outgrow
+    // itself and be copied once more.
+    let mut out = Vec::with_capacity(header.frame_len() + TAG_LEN);
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
     let start = out.len();
