@@ -484,3 +484,188 @@ fn sample_record(data_type: DataType, now: chrono::DateTime<chrono::Utc>, i: u8)
         _ => None,
     }
 }
+
+/// Request-signature headers: the input is split at its first three `0xFF`
+/// bytes into `Authorization`, the date, the content hash and the body
+/// (missing parts are empty). Both schemes are verified against fixed keys.
+/// Checks: no panic; whatever verifies names the keys' workspace and a date
+/// within the skew window; a request signed here with the same parts always
+/// verifies, and stops verifying when its body changes.
+pub fn auth_headers(data: &[u8]) {
+    use chrono::{DateTime, Duration};
+
+    use crate::auth::{
+        AuthPolicy, EnrollmentKey, WorkspaceKeys, sign_agent_service, sign_data_collector,
+        verify_agent_service, verify_data_collector,
+    };
+    use crate::tenant::TenantId;
+
+    let mut parts = data.splitn(4, |&b| b == 0xFF);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (authorization, date, hash) = (next(), next(), next());
+    let body = data.splitn(4, |&b| b == 0xFF).nth(3).unwrap_or_default();
+    let workspace = TenantId::new(uuid::Uuid::from_u128(
+        0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e,
+    ))
+    .expect("not nil");
+    // "c2VjcmV0..." is Base64 of a fixed 48-byte test key.
+    let key_text = "c2VjcmV0LXdvcmtzcGFjZS1rZXktMDEyMzQ1Njc4OWFiY2RlZi1maXh0dXJlLTAwMQ==";
+    let key = || EnrollmentKey::from_base64(key_text).expect("a valid key");
+    let keys = WorkspaceKeys::new(workspace, key());
+    let policy = AuthPolicy::default();
+    let now = DateTime::from_timestamp(1_795_437_296, 0).expect("in range");
+    let verified = [
+        verify_data_collector(&keys, &authorization, &date, body, &policy, now),
+        verify_agent_service(&keys, &authorization, &date, &hash, body, &policy, now),
+    ];
+    for v in verified.into_iter().flatten() {
+        assert_eq!(v.workspace, workspace, "verified for another workspace");
+        let skew = if v.date > now {
+            v.date - now
+        } else {
+            now - v.date
+        };
+        assert!(skew <= Duration::minutes(15), "verified outside the window");
+    }
+    // Signed here: verifies; with the body changed: does not.
+    let signed = sign_data_collector(workspace, &key(), now, body);
+    assert!(
+        verify_data_collector(
+            &keys,
+            &signed.authorization,
+            &signed.x_ms_date,
+            body,
+            &policy,
+            now
+        )
+        .is_ok(),
+        "a fresh Data Collector signature failed"
+    );
+    let mut longer = body.to_vec();
+    longer.push(b'x');
+    assert!(
+        verify_data_collector(
+            &keys,
+            &signed.authorization,
+            &signed.x_ms_date,
+            &longer,
+            &policy,
+            now
+        )
+        .is_err()
+    );
+    let date = "2026-11-23T12:34:56.5-07:00";
+    let signed = sign_agent_service(workspace, &key(), date, body);
+    let at = DateTime::parse_from_rfc3339(date).expect("valid").to_utc();
+    assert!(
+        verify_agent_service(
+            &keys,
+            &signed.authorization,
+            date,
+            &signed.content_hash,
+            body,
+            &policy,
+            at
+        )
+        .is_ok(),
+        "a fresh agent-service signature failed"
+    );
+    assert!(
+        verify_agent_service(
+            &keys,
+            &signed.authorization,
+            date,
+            &signed.content_hash,
+            &longer,
+            &policy,
+            at
+        )
+        .is_err()
+    );
+}
+
+/// Ingest fed arbitrary bytes from a principal of a fixed tenant, with
+/// small limits. The first byte's low bit asks the harness to repair the
+/// CRCs of the frames it finds, so mutations reach record parsing and
+/// sealing. Checks: no panic; every storage operation is a sealed frame of
+/// the principal's tenant that opens to a frame of the same batch; only
+/// frames answered `Delivered` (and not duplicates) are stored.
+pub fn ingest_bytes(data: &[u8]) {
+    use chrono::DateTime;
+
+    use crate::auth::{KeySlot, Principal};
+    use crate::delivery::Outcome;
+    use crate::frame::FrameLimits;
+    use crate::ingest::{Ingest, IngestConfig, StoreOp};
+    use crate::keys::{DeterministicEntropy, KeyRing, RotationPolicy, open};
+    use crate::tenant::TenantId;
+
+    const WINDOW: usize = 64;
+    let Some((&mode, input)) = data.split_first() else {
+        return;
+    };
+    let mut bytes = input.to_vec();
+    if mode & 1 == 1 {
+        repair_crcs(&mut bytes);
+    }
+    let tenant = TenantId::new(uuid::Uuid::from_u128(
+        0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e,
+    ))
+    .expect("not nil");
+    let limits = FrameLimits::default()
+        .with_max_body(64 << 10)
+        .and_then(|l| l.with_max_content(256 << 10))
+        .and_then(|l| l.with_max_records(512))
+        .and_then(|l| l.with_max_record_bytes(16 << 10))
+        .expect("nonzero limits");
+    let config = IngestConfig::default()
+        .with_limits(limits)
+        .with_dedupe_window(WINDOW)
+        .expect("positive");
+    let mut ingest = Ingest::new(config);
+    let now = DateTime::from_timestamp(1_795_437_296, 0).expect("in range");
+    let mut entropy = DeterministicEntropy::from_u64(u64::from(mode));
+    let mut ring = KeyRing::new(tenant, &RotationPolicy::default());
+    let id = ring.generate(&mut entropy, now).expect("fresh ring");
+    ring.promote(id, now).expect("pending key");
+    let principal = Principal::Workspace {
+        tenant,
+        key: KeySlot::Primary,
+    };
+    // Twice: the second time every stored batch is a duplicate (while they
+    // fit the de-duplication window).
+    let mut first_round = 0;
+    for round in 0..2 {
+        let report = ingest
+            .handle_request(now, &principal, &mut ring, &mut entropy, &bytes)
+            .expect("the principal's own ring");
+        let stored_now = report
+            .answers
+            .iter()
+            .filter(|a| a.outcome == Outcome::Delivered && !a.duplicate)
+            .count();
+        let mut ops = 0;
+        while let Some(op) = ingest.poll_store() {
+            let StoreOp::Put {
+                tenant: t,
+                object,
+                frame,
+            } = op;
+            assert_eq!(t, tenant, "stored under another tenant");
+            assert_eq!(frame.tenant(), tenant);
+            assert!(frame.header().sealed, "stored unsealed");
+            let opened = open(&frame, &ring).expect("what ingest sealed opens");
+            assert_eq!(opened.batch_id(), object.batch_id());
+            ops += 1;
+        }
+        assert_eq!(
+            ops, stored_now,
+            "stored frames and Delivered answers differ"
+        );
+        if round == 0 {
+            first_round = ops;
+        } else if first_round <= WINDOW {
+            assert_eq!(ops, 0, "a batch was stored twice");
+        }
+    }
+}

@@ -13,6 +13,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("frame_decoder", opsdata::fuzz::frame_decoder),
     ("outbox_ops", opsdata::fuzz::outbox_ops),
     ("sealed_open", opsdata::fuzz::sealed_open),
+    ("auth_headers", opsdata::fuzz::auth_headers),
+    ("ingest_bytes", opsdata::fuzz::ingest_bytes),
 ];
 
 #[test]
