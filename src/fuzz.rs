@@ -36,7 +36,7 @@ pub fn record_json(data: &[u8]) {
 /// lies within the input; the decoder's buffer stays within one frame plus
 /// one chunk; records decode (or fail) without exceeding the limits.
 pub fn frame_decoder(data: &[u8]) {
-    use crate::frame::{Decoded, Frame, FrameDecoder, FrameLimits, PayloadReader};
+    use crate::frame::{Decoded, Frame, FrameDecoder, PayloadReader};
 
     let Some((&[a, b], input)) = data.split_first_chunk::<2>() else {
         return;
@@ -50,12 +50,7 @@ pub fn frame_decoder(data: &[u8]) {
     } else {
         input
     };
-    let limits = FrameLimits::default()
-        .with_max_body(64 << 10)
-        .and_then(|l| l.with_max_content(256 << 10))
-        .and_then(|l| l.with_max_records(512))
-        .and_then(|l| l.with_max_record_bytes(16 << 10))
-        .expect("nonzero limits");
+    let limits = small_limits();
     let max_frame = limits.max_body() as usize + 140;
     let mut decoder = FrameDecoder::new(limits);
     let mut reader = PayloadReader::new(limits);
@@ -96,6 +91,17 @@ pub fn frame_decoder(data: &[u8]) {
 
 /// Rewrites the header and body CRCs of each frame laid end to end in `buf`,
 /// as far as the bytes go.
+/// Small frame limits, so the fuzzer reaches them: body 64 KiB, content
+/// 256 KiB, 512 records, 16 KiB a record.
+fn small_limits() -> crate::frame::FrameLimits {
+    crate::frame::FrameLimits::default()
+        .with_max_body(64 << 10)
+        .and_then(|l| l.with_max_content(256 << 10))
+        .and_then(|l| l.with_max_records(512))
+        .and_then(|l| l.with_max_record_bytes(16 << 10))
+        .expect("nonzero limits")
+}
+
 fn repair_crcs(buf: &mut [u8]) {
     let mut at = 0;
     while buf.len() - at >= 6 {
@@ -138,7 +144,7 @@ pub fn sealed_open(data: &[u8]) {
     use bytes::Bytes;
     use chrono::DateTime;
 
-    use crate::frame::{FIXED_HEADER_LEN, Frame, FrameLimits};
+    use crate::frame::{FIXED_HEADER_LEN, Frame};
     use crate::keys::{DeterministicEntropy, KeyId, KeyMaterial, KeyRing, RotationPolicy};
     use crate::keys::{open, peek, rewrap};
     use crate::tenant::TenantId;
@@ -166,12 +172,7 @@ pub fn sealed_open(data: &[u8]) {
     if mode & 1 == 1 {
         repair_crcs(&mut bytes);
     }
-    let limits = FrameLimits::default()
-        .with_max_body(64 << 10)
-        .and_then(|l| l.with_max_content(256 << 10))
-        .and_then(|l| l.with_max_records(512))
-        .and_then(|l| l.with_max_record_bytes(16 << 10))
-        .expect("nonzero limits");
+    let limits = small_limits();
     let Ok(frame) = Frame::decode(Bytes::from(bytes), &limits) else {
         return;
     };
@@ -595,7 +596,6 @@ pub fn ingest_bytes(data: &[u8]) {
 
     use crate::auth::{KeySlot, Principal};
     use crate::delivery::Outcome;
-    use crate::frame::FrameLimits;
     use crate::ingest::{Ingest, IngestConfig, StoreOp};
     use crate::keys::{DeterministicEntropy, KeyRing, RotationPolicy, open};
     use crate::tenant::TenantId;
@@ -612,12 +612,7 @@ pub fn ingest_bytes(data: &[u8]) {
         0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e,
     ))
     .expect("not nil");
-    let limits = FrameLimits::default()
-        .with_max_body(64 << 10)
-        .and_then(|l| l.with_max_content(256 << 10))
-        .and_then(|l| l.with_max_records(512))
-        .and_then(|l| l.with_max_record_bytes(16 << 10))
-        .expect("nonzero limits");
+    let limits = small_limits();
     let config = IngestConfig::default()
         .with_limits(limits)
         .with_dedupe_window(WINDOW)

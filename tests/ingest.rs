@@ -154,7 +154,7 @@ fn a_sealed_frame_of_a_does_not_open_with_bs_ring_even_relabelled_as_b() {
     // Rewrite the header to say B and repair the CRCs.
     let mut bytes = sealed.as_bytes().to_vec();
     bytes[16..32].copy_from_slice(b().as_bytes());
-    let crc = crc32fast_hash(&bytes[..132]);
+    let crc = common::crc32(&bytes[..132]);
     bytes[132..136].copy_from_slice(&crc.to_be_bytes());
     let relabelled = Frame::decode(Bytes::from(bytes), &FrameLimits::default()).unwrap();
     assert_eq!(relabelled.tenant(), b());
@@ -162,21 +162,6 @@ fn a_sealed_frame_of_a_does_not_open_with_bs_ring_even_relabelled_as_b() {
         open(&relabelled, &ring_b),
         Err(KeyError::Tampered { .. })
     ));
-}
-
-fn crc32fast_hash(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]
@@ -268,9 +253,9 @@ fn bad_records_are_rejected_and_a_missing_key_is_transient() {
         body_len: payload.len() as u32,
     };
     let mut bytes = header.encode().to_vec();
-    bytes.extend_from_slice(&crc32fast_hash(&bytes).to_be_bytes());
+    bytes.extend_from_slice(&common::crc32(&bytes).to_be_bytes());
     bytes.extend_from_slice(&payload);
-    bytes.extend_from_slice(&crc32fast_hash(&payload).to_be_bytes());
+    bytes.extend_from_slice(&common::crc32(&payload).to_be_bytes());
     let mut ring_a = ring(a(), 1);
     let r = ingest
         .handle_request(t0(), &principal(a()), &mut ring_a, &mut e, &bytes)

@@ -427,3 +427,20 @@ pub fn sample(data_type: DataType) -> Record {
         }),
     }
 }
+
+/// CRC-32 (IEEE), bit by bit: independent of the crate's implementation,
+/// for tests that edit frames and repair their checksums.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
