@@ -1005,6 +1005,14 @@ fn batcher_settings_must_fit_the_frame_limits() {
             .with_max_age(Duration::days(2))
             .is_err()
     );
+    // A negative age is reported as itself, not as a wrapped number.
+    assert!(matches!(
+        BatcherConfig::default().with_max_age(Duration::seconds(-5)),
+        Err(FrameError::InvalidDuration {
+            setting: "max_age",
+            millis: -5000
+        })
+    ));
     assert!(BatcherConfig::default().with_max_payload(1000).is_err()); // < max_record_bytes + 1
     // A payload whose worst-case DEFLATE body would pass the body limit.
     let config = BatcherConfig::default().with_max_payload(4 << 20).unwrap();
@@ -1151,4 +1159,41 @@ fn regression_batcher_push_at_the_end_of_time_does_not_panic() {
     let closed = drain(&mut b);
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].record_count(), 2);
+}
+
+#[test]
+fn regression_encode_closed_refuses_a_record_over_the_encoders_limit() {
+    // The batcher allows records up to the default 256 KiB; an encoder built
+    // with a 400-byte record limit must not write a frame its readers refuse.
+    let mut b = Batcher::new(BatcherConfig::default(), &FrameLimits::default()).unwrap();
+    let perf = common::sample(DataType::Performance);
+    let mut big = perf.clone();
+    let Record::Performance(p) = &mut big else {
+        unreachable!()
+    };
+    p.object_name = "x".repeat(250);
+    p.counter_name = "y".repeat(250);
+    for r in [perf.clone(), big, perf] {
+        b.push(t0(), Tagged::new(tenant(), r)).unwrap();
+    }
+    b.flush(t0());
+    let closed = drain(&mut b);
+    assert_eq!(closed.len(), 1);
+    assert!(closed[0].largest_record_bytes() > 500);
+    let small = FrameLimits::default().with_max_record_bytes(400).unwrap();
+    let mut out = b"kept".to_vec();
+    let err = FrameEncoder::new()
+        .with_limits(small)
+        .encode_closed(&closed[0], batch_id(), &mut out)
+        .unwrap_err();
+    assert!(
+        matches!(err, FrameError::RecordTooLarge { index: 1, max: 400, bytes } if bytes == closed[0].largest_record_bytes()),
+        "{err:?}"
+    );
+    assert_eq!(out, b"kept");
+    // With the default limits the same batch is written and reads back.
+    let frame = FrameEncoder::new()
+        .encode_closed_frame(&closed[0], batch_id())
+        .unwrap();
+    assert_eq!(frame.records(&FrameLimits::default()).unwrap().len(), 3);
 }

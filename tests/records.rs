@@ -725,3 +725,52 @@ fn times_are_read_in_any_offset_and_written_in_utc() {
         "{text}"
     );
 }
+
+#[test]
+fn nesting_limit_is_127_containers_counting_the_record_object() {
+    // The record object is the first container; a custom field holding
+    // `inner` arrays nests `1 + inner` containers in all.
+    let with_depth = |inner: usize| {
+        let mut text = serde_json::to_string(&golden_value(DataType::Event)).unwrap();
+        let deep = format!("{}{}", "[".repeat(inner), "]".repeat(inner));
+        text.insert_str(text.len() - 1, &format!(",\"Deep\":{deep}"));
+        Record::from_json(DataType::Event, text.as_bytes())
+    };
+    assert!(with_depth(126).is_ok(), "127 containers must parse");
+    let err = with_depth(127).unwrap_err().to_string();
+    assert!(err.contains("recursion limit"), "128 containers: {err}");
+}
+
+#[test]
+fn uuids_are_read_only_in_the_hyphenated_form() {
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let upper = id.to_uppercase();
+    let accepted = Record::from_json(
+        DataType::Performance,
+        with_raw(
+            DataType::Performance,
+            "PerformanceDataId",
+            &format!("\"{upper}\""),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let Record::Performance(p) = accepted else {
+        unreachable!()
+    };
+    assert_eq!(p.performance_data_id.to_string(), id);
+    for other in [
+        id.replace('-', ""),
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+    ] {
+        for (t, field) in [
+            (DataType::Performance, "PerformanceDataId"),
+            (DataType::Event, "EventId"),
+            (DataType::State, "MonitorId"),
+        ] {
+            let msg = parse_err(t, &with_raw(t, field, &format!("\"{other}\"")));
+            assert!(msg.contains("hyphenated"), "{t} {field} {other}: {msg}");
+        }
+    }
+}

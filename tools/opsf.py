@@ -40,7 +40,7 @@ BODY_LIMIT = 4 * 1024 * 1024
 CONTENT_LIMIT = 64 * 1024 * 1024
 RECORD_LIMIT = 65536
 RECORD_SIZE_LIMIT = 256 * 1024
-MAX_DEPTH = 128
+MAX_DEPTH = 127  # containers, the record object included (serde_json's limit)
 
 # Header layout after the magic (offset 4 .. 64).
 HEADER_STRUCT = struct.Struct(">BBBBHHI16s16sqII")
@@ -180,7 +180,7 @@ def parse_record(line):
     """Parse one JSON Lines line (bytes, no newline) as a JSON object.
 
     Only JSON-level checks: UTF-8, syntax, an object at the top, no duplicate
-    keys, no NaN/Infinity, finite numbers, nesting at most 128, no lone
+    keys, no NaN/Infinity, finite numbers, nesting at most 127 containers, no lone
     surrogates. Field-level schema validation is deliberately not done.
     """
     try:
@@ -595,10 +595,10 @@ def selftest():
     expect_error("recordcount-nonl", _raw(b"{}", b"{}", codec=0, record_count=1), "RecordCount")
     expect_error("record-notobject", _raw(b"[]\n", b"[]\n", codec=0), "Record")
     expect_error("record-dupkey", _raw(b'{"a":1,"a":2}\n', b'{"a":1,"a":2}\n', codec=0), "Record")
-    deep = b'{"a":' + b"[" * 128 + b"]" * 128 + b"}\n"
+    deep = b'{"a":' + b"[" * 127 + b"]" * 127 + b"}\n"
     expect_error("record-deep", _raw(deep, deep, codec=0), "Record")
-    ok_deep = b'{"a":' + b"[" * 127 + b"]" * 127 + b"}\n"
-    check("record-depth-128-ok", len(decode_all(_raw(ok_deep, ok_deep, codec=0))) == 1)
+    ok_deep = b'{"a":' + b"[" * 126 + b"]" * 126 + b"}\n"
+    check("record-depth-127-ok", len(decode_all(_raw(ok_deep, ok_deep, codec=0))) == 1)
     long_line = b'{"a":"' + b"x" * RECORD_SIZE_LIMIT + b'"}\n'
     expect_error("recordtoolarge", _raw(long_line, deflate(long_line)), "RecordTooLarge")
     # a good frame followed by a bad one: the first still decodes

@@ -81,12 +81,12 @@ impl BatcherConfig {
     ///
     /// # Errors
     ///
-    /// [`FrameError::InvalidLimit`] unless 0 < `age` ≤ one day.
+    /// [`FrameError::InvalidDuration`] unless 0 < `age` ≤ one day.
     pub fn with_max_age(mut self, age: Duration) -> Result<Self, FrameError> {
         if age <= Duration::zero() || age > Self::MAX_AGE_CEILING {
-            return Err(FrameError::InvalidLimit {
-                setting: "max_age_ms",
-                value: u32::try_from(age.num_milliseconds()).unwrap_or(u32::MAX),
+            return Err(FrameError::InvalidDuration {
+                setting: "max_age",
+                millis: age.num_milliseconds(),
             });
         }
         self.max_age = age;
@@ -156,8 +156,26 @@ pub struct ClosedBatch {
     data_type: DataType,
     record_count: u32,
     payload: Vec<u8>,
+    largest: Largest,
     opened_at: DateTime<Utc>,
     closed_at: DateTime<Utc>,
+}
+
+/// The longest record line of a batch (without its `\n`) and its index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Largest {
+    bytes: usize,
+    index: usize,
+}
+
+impl Largest {
+    fn with(self, index: usize, bytes: usize) -> Largest {
+        if bytes > self.bytes {
+            Largest { bytes, index }
+        } else {
+            self
+        }
+    }
 }
 
 impl ClosedBatch {
@@ -175,6 +193,15 @@ impl ClosedBatch {
     #[must_use]
     pub fn record_count(&self) -> u32 {
         self.record_count
+    }
+    /// The length in bytes of the longest record's JSON (without its `\n`).
+    #[must_use]
+    pub fn largest_record_bytes(&self) -> usize {
+        self.largest.bytes
+    }
+    /// The index of the longest record, as [`ClosedBatch::largest_record_bytes`].
+    pub(crate) fn largest_record_index(&self) -> usize {
+        self.largest.index
     }
     /// The records as JSON Lines.
     #[must_use]
@@ -202,6 +229,7 @@ impl ClosedBatch {
 struct OpenBatch {
     payload: Vec<u8>,
     count: u32,
+    largest: Largest,
     opened_at: DateTime<Utc>,
 }
 
@@ -337,6 +365,7 @@ impl Batcher {
         let batch = self.open.entry(key).or_insert_with(|| OpenBatch {
             payload: Vec::new(),
             count: 0,
+            largest: Largest::default(),
             opened_at: now,
         });
         let start = batch.payload.len();
@@ -373,6 +402,7 @@ impl Batcher {
                 OpenBatch {
                     payload: line,
                     count: 1,
+                    largest: Largest { bytes, index: 0 },
                     opened_at: now,
                 },
             );
@@ -380,6 +410,7 @@ impl Batcher {
             self.deadlines
                 .insert((deadline(now, self.config.max_age), key));
         } else {
+            batch.largest = batch.largest.with(batch.count as usize, bytes);
             batch.count += 1;
             self.open_bytes += bytes + 1;
         }
@@ -400,6 +431,7 @@ impl Batcher {
                 data_type: key.1,
                 record_count: batch.count,
                 payload: batch.payload,
+                largest: batch.largest,
                 opened_at: batch.opened_at,
                 closed_at: now,
             });

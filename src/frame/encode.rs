@@ -320,9 +320,9 @@ impl FrameEncoder {
     ///
     /// # Errors
     ///
-    /// [`FrameError::TooManyRecords`], [`FrameError::ContentTooLarge`] or
-    /// [`FrameError::BodyTooLarge`] if the batch does not fit this encoder's
-    /// limits. On error `out` is as it was.
+    /// [`FrameError::TooManyRecords`], [`FrameError::ContentTooLarge`],
+    /// [`FrameError::RecordTooLarge`] or [`FrameError::BodyTooLarge`] if the
+    /// batch does not fit this encoder's limits. On error `out` is as it was.
     pub fn encode_closed(
         &mut self,
         batch: &ClosedBatch,
@@ -339,6 +339,15 @@ impl FrameEncoder {
             return Err(FrameError::ContentTooLarge {
                 content_len: batch.payload().len() as u64,
                 max: self.limits.max_content(),
+            });
+        }
+        // The batcher's record limit may be above this encoder's: a reader
+        // with these limits would refuse the frame, so do not write it.
+        if batch.largest_record_bytes() > self.limits.max_record_bytes() as usize {
+            return Err(FrameError::RecordTooLarge {
+                index: batch.largest_record_index(),
+                bytes: batch.largest_record_bytes(),
+                max: self.limits.max_record_bytes(),
             });
         }
         let meta = Meta {

@@ -494,6 +494,15 @@ pub enum FrameError {
         /// The value refused.
         value: u32,
     },
+    /// A duration setting outside its allowed range (zero, negative, or
+    /// above its ceiling).
+    #[error("frame setting {setting} = {millis} ms is outside its allowed range")]
+    InvalidDuration {
+        /// The setting's name.
+        setting: &'static str,
+        /// The value refused, in milliseconds (saturated at the ends of `i64`).
+        millis: i64,
+    },
     /// The compressor failed (a broken internal invariant in the backend).
     #[error("compression failed: {message}")]
     Compress {
@@ -538,6 +547,7 @@ impl FrameError {
             FrameError::Record { .. } => "Record",
             FrameError::Failed => "Failed",
             FrameError::InvalidLimit { .. } => "InvalidLimit",
+            FrameError::InvalidDuration { .. } => "InvalidDuration",
             FrameError::Compress { .. } => "Compress",
         }
     }

@@ -172,8 +172,13 @@ pub(crate) fn inflate_stream(
     mut consume: impl FnMut(&[u8]) -> Result<usize, FrameError>,
 ) -> Result<usize, FrameError> {
     inflater.reset(false);
-    window.clear();
-    window.resize(STEP + keep, 0);
+    // What is kept is never more than the payload, so a small frame needs a
+    // small window. The window only grows: bytes left from an earlier frame
+    // are never read, because only `window[..filled + made]` is handed on.
+    let need = STEP + keep.min(content_len as usize);
+    if window.len() < need {
+        window.resize(need, 0);
+    }
     let mut filled = 0;
     let mut produced: u64 = 0;
     loop {
@@ -181,7 +186,7 @@ pub(crate) fn inflate_stream(
         let consumed = usize::try_from(in_before)
             .unwrap_or(usize::MAX)
             .min(body.len());
-        // filled <= keep, so there is always room for output.
+        // filled <= min(keep, content_len): there is always room for output.
         let end = (filled + STEP).min(window.len());
         let status = inflater
             // Not `Finish`: miniz_oxide refuses `Finish` unless the output

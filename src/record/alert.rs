@@ -73,16 +73,16 @@ pub struct Alert {
     #[serde(rename = "AlertDescription")]
     pub alert_description: String,
     /// `BaseManagedEntityId`: the entity the alert is about.
-    #[serde(rename = "BaseManagedEntityId")]
+    #[serde(rename = "BaseManagedEntityId", with = "super::uuid_text")]
     pub base_managed_entity_id: Uuid,
     /// `ProblemID`.
-    #[serde(rename = "ProblemID")]
+    #[serde(rename = "ProblemID", with = "super::uuid_text")]
     pub problem_id: Uuid,
     /// `IsMonitorAlert`: raised by a monitor (true) or a rule (false).
     #[serde(rename = "IsMonitorAlert")]
     pub is_monitor_alert: bool,
     /// `RuleId`: the rule or monitor that raised it.
-    #[serde(rename = "RuleId")]
+    #[serde(rename = "RuleId", with = "super::uuid_text")]
     pub rule_id: Uuid,
     /// `ResolutionState`.
     #[serde(rename = "ResolutionState")]

@@ -9,19 +9,19 @@ use super::{Check, DataType, RecordError, RecordLimits};
 #[serde(deny_unknown_fields)]
 pub struct Configuration {
     /// `CustomerID`.
-    #[serde(rename = "CustomerID")]
+    #[serde(rename = "CustomerID", with = "super::uuid_text")]
     pub customer_id: Uuid,
     /// `AgentID`: the agent that collected the change.
-    #[serde(rename = "AgentID")]
+    #[serde(rename = "AgentID", with = "super::uuid_text")]
     pub agent_id: Uuid,
     /// `EntityID`: the entity whose property changed.
-    #[serde(rename = "EntityID")]
+    #[serde(rename = "EntityID", with = "super::uuid_text")]
     pub entity_id: Uuid,
     /// `ManagedTypeID`.
-    #[serde(rename = "ManagedTypeID")]
+    #[serde(rename = "ManagedTypeID", with = "super::uuid_text")]
     pub managed_type_id: Uuid,
     /// `ManagedTypePropertyID`.
-    #[serde(rename = "ManagedTypePropertyID")]
+    #[serde(rename = "ManagedTypePropertyID", with = "super::uuid_text")]
     pub managed_type_property_id: Uuid,
     /// `CurrentValue`: the new value, at most the field size limit (32 KiB).
     #[serde(rename = "CurrentValue")]

@@ -159,19 +159,19 @@ impl<'de> Deserialize<'de> for CustomFields {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// `EventId`.
-    #[serde(rename = "EventId")]
+    #[serde(rename = "EventId", with = "super::uuid_text")]
     pub event_id: Uuid,
     /// `EventOriginalID`.
-    #[serde(rename = "EventOriginalID")]
+    #[serde(rename = "EventOriginalID", with = "super::uuid_text")]
     pub event_original_id: Uuid,
     /// `BaseManagedEntityInternalId`.
     #[serde(rename = "BaseManagedEntityInternalId")]
     pub base_managed_entity_internal_id: i32,
     /// `RuleId`: the rule that collected the event.
-    #[serde(rename = "RuleId")]
+    #[serde(rename = "RuleId", with = "super::uuid_text")]
     pub rule_id: Uuid,
     /// `PublisherId`.
-    #[serde(rename = "PublisherId")]
+    #[serde(rename = "PublisherId", with = "super::uuid_text")]
     pub publisher_id: Uuid,
     /// `PublisherName`, at most 255 characters.
     #[serde(rename = "PublisherName")]

@@ -12,7 +12,7 @@ use super::{Check, DataType, RecordError, RecordLimits};
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// `BaseManagedEntityId`: the entity described.
-    #[serde(rename = "BaseManagedEntityId")]
+    #[serde(rename = "BaseManagedEntityId", with = "super::uuid_text")]
     pub base_managed_entity_id: Uuid,
     /// `ObjectStatus`, at most 255 characters.
     #[serde(

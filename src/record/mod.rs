@@ -14,6 +14,7 @@ mod metadata;
 mod performance;
 mod rfc3339;
 mod state;
+mod uuid_text;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -195,8 +196,9 @@ impl Record {
     ///
     /// Parsing is strict: wrong JSON types, numbers out of their field's range,
     /// duplicate keys, unknown keys (except on [`Event`], where they are
-    /// custom fields), missing required fields, trailing data and nesting
-    /// deeper than 128 levels are all errors. Parsing does not validate the
+    /// custom fields), missing required fields, trailing data and more than
+    /// 127 nested arrays and objects (the record object counts as the first)
+    /// are all errors. Parsing does not validate the
     /// values; call [`Record::validate`] for that.
     ///
     /// # Errors

@@ -19,7 +19,7 @@ pub struct Performance {
     #[serde(rename = "PerfmonInstanceName")]
     pub perfmon_instance_name: String,
     /// `PerformanceDataId`.
-    #[serde(rename = "PerformanceDataId")]
+    #[serde(rename = "PerformanceDataId", with = "super::uuid_text")]
     pub performance_data_id: Uuid,
     /// `PerformanceSourceInternalID`.
     #[serde(rename = "PerformanceSourceInternalID")]

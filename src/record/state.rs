@@ -23,10 +23,10 @@ wire_enum! {
 #[serde(deny_unknown_fields)]
 pub struct State {
     /// `StateChangeEventId`.
-    #[serde(rename = "StateChangeEventId")]
+    #[serde(rename = "StateChangeEventId", with = "super::uuid_text")]
     pub state_change_event_id: Uuid,
     /// `StateId`.
-    #[serde(rename = "StateId")]
+    #[serde(rename = "StateId", with = "super::uuid_text")]
     pub state_id: Uuid,
     /// `NewHealthState`.
     #[serde(rename = "NewHealthState")]
@@ -44,13 +44,13 @@ pub struct State {
     #[serde(rename = "TimeAdded", with = "super::rfc3339")]
     pub time_added: DateTime<Utc>,
     /// `StateId2`.
-    #[serde(rename = "StateId2")]
+    #[serde(rename = "StateId2", with = "super::uuid_text")]
     pub state_id2: Uuid,
     /// `BaseManagedEntityId`.
-    #[serde(rename = "BaseManagedEntityId")]
+    #[serde(rename = "BaseManagedEntityId", with = "super::uuid_text")]
     pub base_managed_entity_id: Uuid,
     /// `MonitorId`.
-    #[serde(rename = "MonitorId")]
+    #[serde(rename = "MonitorId", with = "super::uuid_text")]
     pub monitor_id: Uuid,
     /// `HealthState`: the monitor's current state.
     #[serde(rename = "HealthState")]
