@@ -555,48 +555,44 @@ impl Outbox {
     ) -> Option<Transmit> {
         let now = self.observe(now);
         let max = self.policy.max_in_flight();
-        let order: Vec<TenantId> = match self.cursor {
-            Some(c) => self
-                .tenants
-                .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                .chain(self.tenants.range(..=c))
-                .map(|(&k, _)| k)
-                .collect(),
-            None => self.tenants.keys().copied().collect(),
+        // Round robin from the tenant after the last one served. This visits
+        // tenants, not batches: O(tenants) at worst, with no allocation.
+        use std::ops::Bound::{Excluded, Unbounded};
+        let after = match self.cursor {
+            Some(c) => self.tenants.range((Excluded(c), Unbounded)),
+            None => self.tenants.range(..),
         };
-        for tenant in order {
-            let t = &self.tenants[&tenant];
-            if t.not_before().is_some_and(|at| at > now) {
-                continue;
-            }
-            if !t.has_room(max) {
-                continue;
+        let upto = self
+            .cursor
+            .map(|c| self.tenants.range(..=c))
+            .into_iter()
+            .flatten();
+        let (tenant, id) = after.chain(upto).find_map(|(&tenant, t)| {
+            if t.not_before().is_some_and(|at| at > now) || !t.has_room(max) {
+                return None;
             }
             let pick = match t.status {
                 TenantStatus::Online => t.waiting.first().map(|&(_, id)| id),
                 TenantStatus::Offline { .. } => t.by_importance.first().map(|&(_, _, id)| id),
             };
-            let Some(id) = pick.filter(|&id| !skip(id)) else {
-                continue;
-            };
-            self.unmark_waiting(id);
-            let t = self.tenants.get_mut(&tenant).expect("iterating its keys");
-            t.in_flight += 1;
-            if matches!(t.status, TenantStatus::Offline { .. }) {
-                t.probe = Some(id);
-            }
-            let h = self.batches.get_mut(&id).expect("indexed batches are held");
-            h.in_flight = true;
-            h.attempts += 1;
-            self.cursor = Some(tenant);
-            return Some(Transmit {
-                tenant,
-                batch_id: id,
-                attempt: h.attempts,
-                frame: h.frame.clone(),
-            });
+            pick.filter(|&id| !skip(id)).map(|id| (tenant, id))
+        })?;
+        self.unmark_waiting(id);
+        let t = self.tenants.get_mut(&tenant).expect("found among its keys");
+        t.in_flight += 1;
+        if matches!(t.status, TenantStatus::Offline { .. }) {
+            t.probe = Some(id);
         }
-        None
+        let h = self.batches.get_mut(&id).expect("indexed batches are held");
+        h.in_flight = true;
+        h.attempts += 1;
+        self.cursor = Some(tenant);
+        Some(Transmit {
+            tenant,
+            batch_id: id,
+            attempt: h.attempts,
+            frame: h.frame.clone(),
+        })
     }
 
     /// Reports how a transmit went.
