@@ -347,7 +347,8 @@ mod keys {
     fn key(opts: &[(&str, &str)], name: &str) -> Result<KeyMaterial, Failure> {
         let text = get(opts, name).ok_or_else(|| Failure::Usage(format!("{name} is required")))?;
         let bad = || Failure::Usage(format!("{name} must be 64 hex digits"));
-        if text.len() != 64 || !text.is_ascii() {
+        // Hex digits only: from_str_radix alone would also take a `+` sign.
+        if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut bytes = [0u8; 32];

@@ -545,10 +545,17 @@ fn an_old_key_with_data_asks_for_rewrap_and_is_never_disabled_until_free() {
         count: 3
     }));
     assert!(!actions.contains(&KeyAction::Disable { id: id(1) }));
-    assert!(matches!(
-        ring.apply(&actions[actions.len() - 1], &mut e, later),
-        Ok(Applied::RewrapNeeded { count: 3, .. }) | Ok(_)
-    ));
+    let rewrap_action = KeyAction::RewrapFrames {
+        from: id(1),
+        count: 3,
+    };
+    assert_eq!(
+        ring.apply(&rewrap_action, &mut e, later).unwrap(),
+        Applied::RewrapNeeded {
+            from: id(1),
+            count: 3
+        }
+    );
     // Rewrap them all, count again: now it may go.
     let mut census = KeyCensus::new();
     for f in &sealed {
@@ -1102,4 +1109,52 @@ fn the_stored_ring_follows_docs_keys_md() {
     assert_eq!(&v[46..54], &0u64.to_be_bytes(), "usage");
     assert_eq!(&v[54..86], &[0x33; 32]);
     assert_eq!(v.len(), 86);
+}
+
+/// Bug: a primary compromised while its successor was still `Pending` got a
+/// fresh replacement, but `evaluate` then promoted the older pending key
+/// over it, demoting the replacement.
+#[test]
+fn regression_compromise_while_a_key_is_pending_keeps_the_fresh_primary() {
+    let policy = RotationPolicy::default();
+    let (mut ring, mut e) = ring_with_primary(21);
+    let pending = ring.generate(&mut e, t0() + Duration::days(80)).unwrap();
+    assert_eq!(pending, id(2));
+    let fresh = ring
+        .compromise(id(1), &mut e, t0() + Duration::days(80))
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh, id(3));
+    assert_eq!(ring.primary().unwrap().id, fresh);
+    // The superseded pending key keeps opening (another node may have
+    // sealed under it) but is no longer a candidate for promotion.
+    assert_eq!(ring.get(pending).unwrap().status, KeyStatus::DecryptOnly);
+    assert!(ring.pending().is_none());
+    let census = KeyCensus::new();
+    for days in [81, 82, 100] {
+        let now = t0() + Duration::days(days);
+        let actions = policy.evaluate(&ring, &census, now);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, KeyAction::Promote { .. })),
+            "day {days}: {actions:?}"
+        );
+        settle(&policy, &mut ring, &census, &mut e, now);
+        assert_eq!(ring.primary().unwrap().id, fresh, "day {days}");
+    }
+}
+
+#[test]
+fn promoting_a_newer_key_supersedes_every_older_pending_one() {
+    let (mut ring, mut e) = ring_with_primary(22);
+    let a = ring.generate(&mut e, t0()).unwrap();
+    let b = ring.generate(&mut e, t0()).unwrap();
+    let c = ring.generate(&mut e, t0()).unwrap();
+    ring.promote(b, t0() + Duration::days(1)).unwrap();
+    assert_eq!(ring.get(a).unwrap().status, KeyStatus::DecryptOnly);
+    assert_eq!(ring.get(id(1)).unwrap().status, KeyStatus::DecryptOnly);
+    // A newer pending key is left for its own promotion.
+    assert_eq!(ring.get(c).unwrap().status, KeyStatus::Pending);
+    assert_eq!(ring.pending().unwrap().id, c);
 }

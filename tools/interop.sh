@@ -128,5 +128,12 @@ for f in tests/data/frames/*.opsf; do
     done
     checked=$((checked + 1))
 done
+# A key that is not 64 hex digits (a sign, a space) is a usage error (64).
+for bad in "+$(printf '0%.0s' $(seq 63))" " $(printf '0%.0s' $(seq 63))"; do
+    status=0
+    "$frametool" open --kek-id 7 --kek-hex "$bad" < "$tmp/rs.opsf" > /dev/null 2>&1 || status=$?
+    [ "$status" = 64 ] || { echo "interop: frametool took --kek-hex '$bad' (status $status)"; exit 1; }
+done
+checked=$((checked + 1))
 
 echo "interop: $checked passed, 0 failed"

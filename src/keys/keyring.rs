@@ -315,7 +315,8 @@ impl KeyRing {
         }
     }
 
-    /// Makes `id` the primary; the previous primary becomes `DecryptOnly`.
+    /// Makes `id` the primary; the previous primary, and any version still
+    /// `Pending` that is older than `id`, become `DecryptOnly`.
     /// A `Pending` or `DecryptOnly` version may be promoted, unless it was
     /// reported compromised or has used up its hard limit.
     ///
@@ -346,6 +347,16 @@ impl KeyRing {
         if let Some(old) = self.primary.and_then(|p| self.versions.get_mut(&p)) {
             old.info.status = KeyStatus::DecryptOnly;
             old.info.demoted = Some(now);
+        }
+        // A version still pending but older than the new primary is
+        // superseded: promoting it later would demote a newer key (after a
+        // compromise, the fresh replacement). Another node may already have
+        // sealed under it, so it keeps opening, as any demoted version.
+        for v in self.versions.range_mut(..id).map(|(_, v)| v) {
+            if v.info.status == KeyStatus::Pending {
+                v.info.status = KeyStatus::DecryptOnly;
+                v.info.demoted = Some(now);
+            }
         }
         let v = self.version_mut(id)?;
         v.info.status = KeyStatus::Primary;
