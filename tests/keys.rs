@@ -10,10 +10,11 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use opsdata::{
-    Applied, BatchId, Codec, DataType, DeterministicEntropy, Entropy, EntropyUnavailable, Frame,
-    FrameEncoder, FrameLimits, KeyAction, KeyCensus, KeyError, KeyId, KeyMaterial, KeyRing,
-    KeyStatus, MemoryKeyStore, PayloadReader, RotationPolicy, RotationReason, SealPart, Tagged,
-    TenantBatch, TenantId, WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
+    Applied, BatchId, Codec, DataType, Decoded, DeterministicEntropy, Entropy, EntropyUnavailable,
+    Frame, FrameDecoder, FrameEncoder, FrameError, FrameLimits, KeyAction, KeyCensus, KeyError,
+    KeyId, KeyMaterial, KeyRing, KeyStatus, MemoryKeyStore, PayloadReader, RotationPolicy,
+    RotationReason, SealPart, Tagged, TenantBatch, TenantId, WrappingKey, load_ring, open, peek,
+    rewrap, save_ring, seal,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -1157,4 +1158,42 @@ fn promoting_a_newer_key_supersedes_every_older_pending_one() {
     // A newer pending key is left for its own promotion.
     assert_eq!(ring.get(c).unwrap().status, KeyStatus::Pending);
     assert_eq!(ring.pending().unwrap().id, c);
+}
+
+/// Bug: sealing a frame whose body was at the body limit added the 16-byte
+/// tag and made a frame that readers with the same limits refused.
+#[test]
+fn regression_a_frame_at_the_body_limit_still_reads_once_sealed() {
+    let (mut ring, mut e) = ring_with_primary(23);
+    let plain = frame_for(tenant(), DataType::Performance, Codec::None, 77);
+    let at_limit = FrameLimits::default()
+        .with_max_body(plain.header().body_len)
+        .unwrap();
+    let sealed = seal(&plain, &mut ring, &mut e, t0()).unwrap();
+    assert_eq!(sealed.header().body_len, plain.header().body_len + 16);
+    let read = |limits: FrameLimits| {
+        let mut d = FrameDecoder::new(limits);
+        d.push(sealed.as_bytes());
+        d.poll_frame()
+    };
+    let Ok(Decoded::Frame(f)) = read(at_limit) else {
+        panic!("a sealed frame at the limit must read");
+    };
+    assert_eq!(open(&f, &ring).unwrap(), plain);
+    // One byte less of limit, and the sealed body is over by one.
+    let below = FrameLimits::default()
+        .with_max_body(plain.header().body_len - 1)
+        .unwrap();
+    assert!(matches!(
+        read(below),
+        Err(FrameError::BodyTooLarge { body_len, max })
+            if body_len == u64::from(sealed.header().body_len) && max == sealed.header().body_len - 1
+    ));
+    // An unsealed frame gets no such allowance.
+    let mut d = FrameDecoder::new(below);
+    d.push(plain.as_bytes());
+    assert!(matches!(
+        d.poll_frame(),
+        Err(FrameError::BodyTooLarge { .. })
+    ));
 }

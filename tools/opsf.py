@@ -291,7 +291,7 @@ def read_frame(buf, pos, expect_tenant=None):
     if expect_tenant is not None and tenant != expect_tenant:
         raise FrameError("TenantMismatch", str(uuid.UUID(bytes=tenant)))
     # 6. limits
-    if body_len > BODY_LIMIT:
+    if body_len > BODY_LIMIT + (16 if sealed else 0):  # a sealed body's tag
         raise FrameError("BodyTooLarge", "body_len %d" % body_len)
     if content_len > CONTENT_LIMIT:
         raise FrameError("ContentTooLarge", "content_len %d" % content_len)

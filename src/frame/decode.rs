@@ -1,7 +1,7 @@
 use bytes::BytesMut;
 
 use super::header::{array, check_magic, check_version, header_len};
-use super::{Codec, FIXED_HEADER_LEN, Frame, FrameError, FrameHeader, FrameLimits};
+use super::{Codec, FIXED_HEADER_LEN, Frame, FrameError, FrameHeader, FrameLimits, SEAL_TAG_LEN};
 use crate::tenant::TenantId;
 
 /// What [`scan`] found at the start of a buffer.
@@ -47,11 +47,18 @@ fn scan_header(
             found: header.tenant,
         });
     }
-    // 6. limits, before any of the body is buffered.
-    if header.body_len > limits.max_body() {
+    // 6. limits, before any of the body is buffered. A sealed body carries
+    // a 16-byte tag on top of what the limit allows, so that sealing a frame
+    // at the limit gives a frame the same readers still take.
+    let max_body = if header.sealed {
+        limits.max_body().saturating_add(SEAL_TAG_LEN)
+    } else {
+        limits.max_body()
+    };
+    if header.body_len > max_body {
         return Err(FrameError::BodyTooLarge {
             body_len: header.body_len.into(),
-            max: limits.max_body(),
+            max: max_body,
         });
     }
     if header.content_len > limits.max_content() {

@@ -41,6 +41,9 @@ pub const SCHEMA_VERSION: u16 = 1;
 pub const FIXED_HEADER_LEN: usize = 64;
 /// The length of the seal section a sealed frame carries after the fixed header.
 pub const SEAL_SECTION_LEN: usize = 68;
+/// The length of the AES-GCM tag a sealed body ends with. A reader allows a
+/// sealed body this much over [`FrameLimits::max_body`].
+pub(crate) const SEAL_TAG_LEN: u32 = 16;
 /// Bytes an unsealed frame adds to its body: header, header CRC and body CRC.
 pub const UNSEALED_OVERHEAD: usize = FIXED_HEADER_LEN + 4 + 4;
 
@@ -201,7 +204,8 @@ impl FrameLimits {
     /// Default limit on one record's JSON line: 256 KiB.
     pub const DEFAULT_MAX_RECORD_BYTES: u32 = 256 << 10;
 
-    /// The body limit in bytes.
+    /// The body limit in bytes. A sealed frame's body may be 16 bytes
+    /// longer (its AES-GCM tag), so sealing never makes a frame unreadable.
     #[must_use]
     pub fn max_body(&self) -> u32 {
         self.max_body
