@@ -26,8 +26,8 @@ use opsdata::{
     EnrollmentKey, Event, FrameEncoder, FrameLimits, HealthState, Ingest, IngestConfig, KeyCensus,
     KeyRing, MemoryBlobStore, MemorySpool, Metadata, Outbox, Outcome, Performance, Principal,
     Record, RecordLimits, ResolutionState, RotationPolicy, State, SystemEntropy, Tagged, TenantId,
-    Transmit, Transport, WorkspaceKeys, apply_store_op, peek, read_back, sign_data_collector,
-    verify_data_collector,
+    Transmit, Transport, WorkspaceKeys, apply_store_op, claimed_workspace, peek, read_back,
+    sign_data_collector, verify_data_collector,
 };
 use uuid::Uuid;
 
@@ -50,8 +50,12 @@ impl Transport for Service {
         let body = tx.frame.as_bytes();
         let key = EnrollmentKey::from_base64(&self.agent_keys[&tx.tenant]).expect("a valid key");
         let signed = sign_data_collector(tx.tenant, &key, now, body);
-        // Service side: verify, derive the principal, ingest, store.
-        let Some(keys) = self.workspace_keys.get(&tx.tenant) else {
+        // Service side: find the keys of the workspace the request claims,
+        // verify, derive the principal, ingest, store.
+        let Some(keys) = claimed_workspace(&signed.authorization)
+            .ok()
+            .and_then(|claimed| self.workspace_keys.get(&claimed))
+        else {
             return Outcome::Rejected;
         };
         let verified = match verify_data_collector(
@@ -63,9 +67,11 @@ impl Transport for Service {
             now,
         ) {
             Ok(v) => v,
+            // A refused signature is a clock or key problem, not bad data:
+            // the agent keeps the batch and retries (Rejected would drop it).
             Err(_) => {
                 self.refused += 1;
-                return Outcome::Rejected;
+                return Outcome::Transient;
             }
         };
         let principal = Principal::from_signature(&verified);

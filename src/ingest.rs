@@ -151,9 +151,7 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            limits: FrameLimits::default()
-                .with_max_body(FrameLimits::DEFAULT_MAX_BODY + 16)
-                .expect("nonzero"),
+            limits: FrameLimits::default(),
             record_limits: RecordLimits::default(),
             dedupe_window: 100_000,
             rate: None,
@@ -207,7 +205,7 @@ pub struct FrameAnswer {
     /// What to tell the agent.
     pub outcome: Outcome,
     /// Why it was not stored, for the service's logs (`None` when stored,
-    /// or for a duplicate).
+    /// for a duplicate, and when throttled: the outcome says it all).
     pub error: Option<IngestError>,
     /// Whether it was a duplicate of a batch already accepted.
     pub duplicate: bool,
@@ -228,6 +226,23 @@ pub struct IngestReport {
 struct Seen {
     ids: HashSet<BatchId>,
     order: VecDeque<BatchId>,
+}
+
+/// A principal, as mismatches are counted: the workspace for a signed
+/// request, the agent for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Workspace(TenantId),
+    Agent(TenantId, uuid::Uuid),
+}
+
+impl Who {
+    fn of(principal: &Principal) -> Who {
+        match principal {
+            Principal::Agent(a) => Who::Agent(a.tenant, a.agent_id),
+            Principal::Workspace { tenant, .. } => Who::Workspace(*tenant),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -254,7 +269,8 @@ pub struct TenantStats {
     pub rejected: u64,
     /// Frames throttled.
     pub throttled: u64,
-    /// Frames naming another tenant, sent by this tenant's principals.
+    /// Frames naming another tenant, sent by this tenant's principals (for
+    /// each principal, see [`Ingest::tenant_mismatches`]).
     pub tenant_mismatches: u64,
     /// Records stored per data type.
     pub records_by_type: BTreeMap<DataType, u64>,
@@ -271,6 +287,7 @@ pub struct Ingest {
     seen: HashMap<TenantId, Seen>,
     buckets: HashMap<TenantId, Bucket>,
     stats: HashMap<TenantId, TenantStats>,
+    mismatches: HashMap<Who, u64>,
     store: VecDeque<StoreOp>,
     reader: PayloadReader,
     latest: Option<DateTime<Utc>>,
@@ -286,6 +303,7 @@ impl Ingest {
             seen: HashMap::new(),
             buckets: HashMap::new(),
             stats: HashMap::new(),
+            mismatches: HashMap::new(),
             store: VecDeque::new(),
             latest: None,
         }
@@ -295,6 +313,22 @@ impl Ingest {
     #[must_use]
     pub fn stats(&self, tenant: TenantId) -> TenantStats {
         self.stats.get(&tenant).cloned().unwrap_or_default()
+    }
+
+    /// How many frames naming another tenant `principal` has sent: an agent
+    /// is counted by its agent id, a signed request by its workspace. A
+    /// principal with any is misconfigured or hostile.
+    #[must_use]
+    pub fn tenant_mismatches(&self, principal: &Principal) -> u64 {
+        self.mismatches
+            .get(&Who::of(principal))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_mismatch(&mut self, who: Who, tenant: TenantId) {
+        self.stats.entry(tenant).or_default().tenant_mismatches += 1;
+        *self.mismatches.entry(who).or_default() += 1;
     }
 
     /// The next storage operation.
@@ -336,7 +370,7 @@ impl Ingest {
         loop {
             match decoder.poll_frame() {
                 Ok(Decoded::Frame(frame)) => {
-                    let answer = self.frame(now, tenant, frame, ring, entropy);
+                    let answer = self.frame(now, principal, frame, ring, entropy);
                     report.answers.push(answer);
                 }
                 Ok(Decoded::NeedMore(_)) => {
@@ -346,7 +380,7 @@ impl Ingest {
                     break;
                 }
                 Err(FrameError::TenantMismatch { found, .. }) => {
-                    self.stats.entry(tenant).or_default().tenant_mismatches += 1;
+                    self.count_mismatch(Who::of(principal), tenant);
                     report.stopped = Some(IngestError::TenantMismatch {
                         principal: tenant,
                         found,
@@ -365,11 +399,12 @@ impl Ingest {
     fn frame(
         &mut self,
         now: DateTime<Utc>,
-        tenant: TenantId,
+        principal: &Principal,
         frame: Frame,
         ring: &mut KeyRing,
         entropy: &mut (impl Entropy + ?Sized),
     ) -> FrameAnswer {
+        let tenant = principal.tenant();
         let batch_id = frame.batch_id();
         let answer = |outcome, error| FrameAnswer {
             batch_id,
@@ -379,7 +414,7 @@ impl Ingest {
         };
         // Checked again here, not trusted from the decoder's expectation.
         if frame.tenant() != tenant {
-            self.stats.entry(tenant).or_default().tenant_mismatches += 1;
+            self.count_mismatch(Who::of(principal), tenant);
             return answer(
                 Outcome::Rejected,
                 Some(IngestError::TenantMismatch {

@@ -110,8 +110,8 @@ mod tenant;
 pub use auth::{AGENT_OU, AgentIdentity, EnrollmentCa, Principal, subject_ids};
 pub use auth::{
     AgentServiceSignature, AuthError, AuthPolicy, DataCollectorSignature, EnrollmentKey, KeySlot,
-    PeerReply, Verified, WorkspaceKeys, content_hash, sign_agent_service, sign_data_collector,
-    verify_agent_service, verify_data_collector,
+    PeerReply, Verified, WorkspaceKeys, claimed_workspace, content_hash, sign_agent_service,
+    sign_data_collector, verify_agent_service, verify_data_collector,
 };
 pub use delivery::{
     Agent, AgentError, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, MemorySpool,

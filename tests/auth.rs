@@ -332,3 +332,175 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn agent_service_malformed_headers_are_typed_errors() {
+    let keys = WorkspaceKeys::new(ws_a(), key(1));
+    let p = AuthPolicy::default();
+    let body = b"<register/>";
+    let date = "2016-04-04T08:00:00Z";
+    let good = sign_agent_service(ws_a(), &key(1), date, body);
+    let sig = good.authorization.rsplit("; ").next().unwrap().to_owned();
+    let hash = good.content_hash.clone();
+    let cases: Vec<(&str, String, String, String)> = vec![
+        (
+            "no separator",
+            format!("{}{sig}", ws_a()),
+            date.into(),
+            hash.clone(),
+        ),
+        (
+            "bad id",
+            format!("not-a-uuid; {sig}"),
+            date.into(),
+            hash.clone(),
+        ),
+        (
+            "short signature",
+            format!("{}; {}", ws_a(), &sig[..40]),
+            date.into(),
+            hash.clone(),
+        ),
+        (
+            "date",
+            good.authorization.clone(),
+            "yesterday".into(),
+            hash.clone(),
+        ),
+        (
+            "date with newline",
+            good.authorization.clone(),
+            format!("{date}\n"),
+            hash.clone(),
+        ),
+        // The content hash header must be Base64 of 32 bytes.
+        (
+            "hash garbage",
+            good.authorization.clone(),
+            date.into(),
+            "zz".into(),
+        ),
+        (
+            "hash not base64",
+            good.authorization.clone(),
+            date.into(),
+            "!".repeat(44),
+        ),
+        (
+            "hash of 33 bytes",
+            good.authorization.clone(),
+            date.into(),
+            format!("{}A", &hash[..43]),
+        ),
+    ];
+    for (what, auth, date, hash) in cases {
+        let err = verify_agent_service(&keys, &auth, &date, &hash, body, &p, now()).unwrap_err();
+        assert!(
+            matches!(err, AuthError::MalformedHeader { .. }),
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.peer_reply(), PeerReply::BadRequest, "{what}");
+    }
+    // A well-formed hash of another body is a mismatch, not a malformed header.
+    assert_eq!(
+        verify_agent_service(
+            &keys,
+            &good.authorization,
+            date,
+            &content_hash(b"other"),
+            body,
+            &p,
+            now()
+        ),
+        Err(AuthError::ContentHashMismatch)
+    );
+}
+
+#[test]
+fn agent_service_replay_outside_the_skew_window_is_refused() {
+    let keys = WorkspaceKeys::new(ws_a(), key(1));
+    let p = AuthPolicy::default();
+    let body = b"<register/>";
+    // Signed at now() in another offset: the window is on the instant.
+    let date = "2016-04-04T01:00:00-07:00";
+    let s = sign_agent_service(ws_a(), &key(1), date, body);
+    for (offset, ok) in [
+        (0, true),
+        (15, true),
+        (-15, true),
+        (16, false),
+        (-16, false),
+    ] {
+        let at = now() + Duration::minutes(offset);
+        let r = verify_agent_service(&keys, &s.authorization, date, &s.content_hash, body, &p, at);
+        assert_eq!(r.is_ok(), ok, "verified at {offset} minutes: {r:?}");
+        if !ok {
+            assert!(matches!(r, Err(AuthError::ClockSkew { .. })));
+            assert_eq!(r.unwrap_err().peer_reply(), PeerReply::Unauthorized);
+        }
+    }
+}
+
+#[test]
+fn data_collector_dates_are_strict_rfc_1123_in_gmt() {
+    let keys = WorkspaceKeys::new(ws_a(), key(1));
+    let p = AuthPolicy::default();
+    let body = b"[]";
+    // Each is the same instant as now() in a looser form: the signature is
+    // made over the text as sent, so only the date rule can refuse it.
+    for date in [
+        "Mon, 04 Apr 2016 10:00:00 +0200",
+        "Mon, 04 Apr 2016 03:00:00 EST",
+        "04 Apr 2016 08:00:00 GMT",
+        "Tue, 04 Apr 2016 08:00:00 GMT",
+        "Mon, 04 Apr 2016 08:00:00 UT",
+    ] {
+        let authorization = {
+            // Re-sign over the loose date text, as a client sending it would.
+            let signed = format!(
+                "POST\n{}\napplication/json\nx-ms-date:{date}\n/api/logs",
+                body.len()
+            );
+            let tag = ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[1u8; 64]),
+                signed.as_bytes(),
+            );
+            let sig = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+            format!("SharedKey {}:{sig}", ws_a())
+        };
+        let err = verify_data_collector(&keys, &authorization, date, body, &p, now()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuthError::MalformedHeader {
+                    header: "x-ms-date",
+                    ..
+                }
+            ),
+            "{date}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn the_claimed_workspace_is_read_from_either_scheme() {
+    let dc = sign_data_collector(ws_a(), &key(1), now(), b"[]");
+    assert_eq!(opsdata::claimed_workspace(&dc.authorization), Ok(ws_a()));
+    let ag = sign_agent_service(ws_b(), &key(1), "2016-04-04T08:00:00Z", b"x");
+    assert_eq!(opsdata::claimed_workspace(&ag.authorization), Ok(ws_b()));
+    for bad in [
+        "",
+        "SharedKey 0f8fad5b-d9cb-469f-a165-70867728950e",
+        "SharedKey 00000000-0000-0000-0000-000000000000:sig",
+        "0f8fad5bd9cb469fa16570867728950e; sig",
+        "Bearer token",
+    ] {
+        assert!(
+            matches!(
+                opsdata::claimed_workspace(bad),
+                Err(AuthError::MalformedHeader { .. })
+            ),
+            "{bad}"
+        );
+    }
+}

@@ -198,3 +198,66 @@ fn signed() -> Verified {
     )
     .unwrap()
 }
+
+#[test]
+fn tenant_mismatches_are_counted_per_agent() {
+    use opsdata::{
+        BatchId, DataType, DeterministicEntropy, FrameEncoder, Ingest, IngestConfig, KeyRing,
+        Performance, Record, RotationPolicy, Tagged, TenantBatch,
+    };
+    let ca = ca("opsdata enrollment CA");
+    let trusted = EnrollmentCa::new(std::slice::from_ref(&ca.der)).unwrap();
+    let other_agent = "9d2e4c1a-7b3f-4e8d-a6c5-0f1e2d3c4b5a";
+    let p1 = trusted
+        .authenticate(
+            &[agent_cert(
+                &ca,
+                subject(WS_A, AGENT, "Linux Monitoring Agent"),
+                30,
+            )],
+            t0(),
+        )
+        .unwrap();
+    let p2 = trusted
+        .authenticate(
+            &[agent_cert(
+                &ca,
+                subject(WS_A, other_agent, "Linux Monitoring Agent"),
+                30,
+            )],
+            t0(),
+        )
+        .unwrap();
+    let (a, b): (TenantId, TenantId) = (WS_A.parse().unwrap(), WS_B.parse().unwrap());
+    let mut e = DeterministicEntropy::from_u64(4);
+    let mut ring = KeyRing::new(a, &RotationPolicy::default());
+    let k = ring.generate(&mut e, t0()).unwrap();
+    ring.promote(k, t0()).unwrap();
+    let record = Record::Performance(Performance {
+        object_name: "Processor".into(),
+        counter_name: "% Processor Time".into(),
+        perfmon_instance_name: "_Total".into(),
+        performance_data_id: Uuid::from_u128(1),
+        performance_source_internal_id: 1,
+        sample_value: 1.0,
+        time_sampled: t0(),
+        time_added: t0(),
+    });
+    let b_frame = FrameEncoder::new()
+        .encode_frame(
+            &TenantBatch::from_records(b, DataType::Performance, [Tagged::new(b, record)]).unwrap(),
+            BatchId::new(Uuid::from_u128(7)).unwrap(),
+            t0(),
+        )
+        .unwrap();
+    let mut ingest = Ingest::new(IngestConfig::default());
+    for _ in 0..2 {
+        let report = ingest
+            .handle_request(t0(), &p1, &mut ring, &mut e, b_frame.as_bytes())
+            .unwrap();
+        assert!(report.stopped.is_some());
+    }
+    assert_eq!(ingest.tenant_mismatches(&p1), 2);
+    assert_eq!(ingest.tenant_mismatches(&p2), 0);
+    assert_eq!(ingest.stats(a).tenant_mismatches, 2);
+}

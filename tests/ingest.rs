@@ -128,6 +128,8 @@ fn a_frame_naming_tenant_b_sent_by_a_principal_of_a_is_refused_and_counted() {
         Some(IngestError::TenantMismatch { principal, found }) if principal == a() && found == b()
     ));
     assert_eq!(ingest.stats(a()).tenant_mismatches, 1);
+    assert_eq!(ingest.tenant_mismatches(&principal(a())), 1);
+    assert_eq!(ingest.tenant_mismatches(&principal(b())), 0);
     assert_eq!(ingest.stats(b()), Default::default());
     let mut store = MemoryBlobStore::new();
     assert_eq!(stored(&mut ingest, &mut store).len(), 1);

@@ -46,7 +46,10 @@ impl fmt::Debug for AgentIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Principal {
-    /// A request signed with the workspace's key.
+    /// A request signed with the workspace's key. Only
+    /// [`Principal::from_signature`] makes one (the variant cannot be built
+    /// outside this crate), so holding one means a signature verified.
+    #[non_exhaustive]
     Workspace {
         /// The workspace.
         tenant: TenantId,
@@ -91,10 +94,12 @@ impl fmt::Debug for EnrollmentCa {
     }
 }
 
+/// At most this many characters of a certificate error are kept.
+const MAX_CERT_ERROR_CHARS: usize = 200;
+
 fn cert_error(e: impl fmt::Display) -> AuthError {
-    let mut text = e.to_string();
-    text.truncate(200);
-    AuthError::Certificate(text)
+    // By characters, not bytes: `String::truncate` panics inside one.
+    AuthError::Certificate(e.to_string().chars().take(MAX_CERT_ERROR_CHARS).collect())
 }
 
 impl EnrollmentCa {

@@ -335,6 +335,51 @@ fn signature_bytes(text: &str) -> Result<[u8; 32], AuthError> {
     bytes.try_into().map_err(|_| bad)
 }
 
+fn hash_bytes(text: &str) -> Result<[u8; 32], AuthError> {
+    let bad = AuthError::MalformedHeader {
+        header: "x-ms-SHA256_Content",
+        reason: "not Base64 of 32 bytes",
+    };
+    if text.len() != 44 {
+        return Err(bad);
+    }
+    let bytes = B64.decode(text).map_err(|_| bad.clone())?;
+    bytes.try_into().map_err(|_| bad)
+}
+
+/// The workspace a request's `Authorization` header claims, in either
+/// scheme (`SharedKey {id}:{signature}` or `{id}; {signature}`), so a
+/// service can look up which [`WorkspaceKeys`] to verify it with.
+///
+/// Nothing is verified: the id is only a claim until
+/// [`verify_data_collector`] or [`verify_agent_service`] accepts the
+/// request with that workspace's keys.
+///
+/// ```
+/// # use opsdata::*;
+/// let id = claimed_workspace("SharedKey 0f8fad5b-d9cb-469f-a165-70867728950e:c2lnbmF0dXJl")?;
+/// assert_eq!(id.to_string(), "0f8fad5b-d9cb-469f-a165-70867728950e");
+/// # Ok::<(), AuthError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`AuthError::MalformedHeader`] if the header is not printable ASCII of
+/// at most 1 024 bytes, follows neither scheme, or its id is not a
+/// hyphenated, non-nil UUID.
+pub fn claimed_workspace(authorization: &str) -> Result<TenantId, AuthError> {
+    let authorization = header("Authorization", authorization)?;
+    let id = match authorization.strip_prefix("SharedKey ") {
+        Some(rest) => rest.split_once(':').map(|(id, _)| id),
+        None => authorization.split_once("; ").map(|(id, _)| id),
+    }
+    .ok_or(AuthError::MalformedHeader {
+        header: "Authorization",
+        reason: "neither 'SharedKey {id}:{signature}' nor '{id}; {signature}'",
+    })?;
+    workspace_id(id)
+}
+
 fn check_workspace(keys: &WorkspaceKeys, found: TenantId) -> Result<(), AuthError> {
     if found == keys.workspace {
         Ok(())
@@ -356,8 +401,22 @@ pub struct DataCollectorSignature {
     pub x_ms_date: String,
 }
 
+/// The one date form the Data Collector scheme uses.
+const RFC1123: &str = "%a, %d %b %Y %H:%M:%S GMT";
+
 fn rfc1123(date: DateTime<Utc>) -> String {
-    date.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    date.format(RFC1123).to_string()
+}
+
+/// Reads `Mon, 04 Apr 2016 08:00:00 GMT` and nothing looser: no other zone
+/// or offset, and the weekday must match the date.
+fn parse_rfc1123(text: &str) -> Result<DateTime<Utc>, AuthError> {
+    chrono::NaiveDateTime::parse_from_str(text, RFC1123)
+        .map(|t| t.and_utc())
+        .map_err(|_| AuthError::MalformedHeader {
+            header: "x-ms-date",
+            reason: "not an RFC 1123 date in GMT",
+        })
 }
 
 fn data_collector_string(body_len: usize, x_ms_date: &str) -> String {
@@ -425,12 +484,7 @@ pub fn verify_data_collector(
     })?;
     let workspace = workspace_id(id)?;
     let tag = signature_bytes(signature)?;
-    let date = DateTime::parse_from_rfc2822(x_ms_date)
-        .map_err(|_| AuthError::MalformedHeader {
-            header: "x-ms-date",
-            reason: "not an RFC 1123 date",
-        })?
-        .with_timezone(&Utc);
+    let date = parse_rfc1123(x_ms_date)?;
     check_workspace(keys, workspace)?;
     policy.check_time(date, now)?;
     let key = keys.verify(
@@ -485,7 +539,8 @@ pub fn sign_agent_service(
 ///
 /// # Errors
 ///
-/// [`AuthError::MalformedHeader`], [`AuthError::WorkspaceMismatch`],
+/// [`AuthError::MalformedHeader`] for headers that do not parse (the
+/// content hash must be Base64 of 32 bytes), [`AuthError::WorkspaceMismatch`],
 /// [`AuthError::ContentHashMismatch`], [`AuthError::ClockSkew`],
 /// [`AuthError::BadSignature`].
 pub fn verify_agent_service(
@@ -499,7 +554,7 @@ pub fn verify_agent_service(
 ) -> Result<Verified, AuthError> {
     let authorization = header("Authorization", authorization)?;
     let x_ms_date = header("x-ms-Date", x_ms_date)?;
-    let claimed = header("x-ms-SHA256_Content", content_hash_header)?;
+    let claimed = hash_bytes(header("x-ms-SHA256_Content", content_hash_header)?)?;
     let (id, signature) = authorization
         .split_once("; ")
         .ok_or(AuthError::MalformedHeader {
@@ -515,10 +570,13 @@ pub fn verify_agent_service(
         })?
         .with_timezone(&Utc);
     check_workspace(keys, workspace)?;
-    let hash = content_hash(body);
-    if claimed != hash {
+    let digest = digest::digest(&digest::SHA256, body);
+    // Not a secret: whoever sends a body knows its hash, so a plain
+    // comparison leaks nothing worth timing.
+    if claimed[..] != *digest.as_ref() {
         return Err(AuthError::ContentHashMismatch);
     }
+    let hash = B64.encode(digest.as_ref());
     policy.check_time(date, now)?;
     let key = keys.verify(format!("{x_ms_date}\n{hash}\n").as_bytes(), &tag)?;
     Ok(Verified {
