@@ -989,15 +989,22 @@ impl<'p> RetentionPlanner<'p> {
             return delete(DeleteReason::WorkspacePurge);
         }
         let retention = self.policy.retention_for(workspace, object.kind);
-        let expires = later(object.newest, retention);
-        if expires <= self.now {
+        // A record whose expiry is past the end of time never expires.
+        let expires = object.newest.checked_add_signed(retention);
+        if expires.is_some_and(|e| e <= self.now) {
             self.plan.stats.expired += 1;
             return delete(DeleteReason::Expired);
         }
-        if later(object.oldest, retention) <= self.now {
+        if object
+            .oldest
+            .checked_add_signed(retention)
+            .is_some_and(|e| e <= self.now)
+        {
             self.plan.stats.kept_partly_expired += 1;
         }
-        self.due_at(expires);
+        if let Some(e) = expires {
+            self.due_at(e);
+        }
         self.keep(&object);
         None
     }
