@@ -556,6 +556,22 @@ impl Workspace {
         Ok(self)
     }
 
+    /// Sets the lifecycle state as persisted, for a host restoring a
+    /// workspace from its storage (a closed workspace keeps the purge time
+    /// it was given when it was closed).
+    ///
+    /// # Errors
+    ///
+    /// [`RetentionError::NotPositive`] or [`RetentionError::TooLong`] if a
+    /// `Closed` state's `purge_at - at` is not a valid `purge_after_close`.
+    pub fn with_state(mut self, state: WorkspaceState) -> Result<Self, RetentionError> {
+        if let WorkspaceState::Closed { at, purge_at } = state {
+            period("purge_after_close", purge_at.signed_duration_since(at))?;
+        }
+        self.state = state;
+        Ok(self)
+    }
+
     /// The tenant.
     #[must_use]
     pub fn tenant(&self) -> TenantId {

@@ -845,6 +845,39 @@ fn the_workspace_lifecycle_refuses_what_does_not_apply() {
     ));
 }
 
+/// A host restores a persisted workspace's state as it was, its purge time
+/// included; a closed state with a nonsense purge time is refused.
+#[test]
+fn a_workspace_state_is_restored_as_persisted() {
+    let closed = WorkspaceState::Closed {
+        at: t0(),
+        purge_at: t0() + Duration::days(14),
+    };
+    let w = Workspace::new(tenant(1), Plan::Free)
+        .with_state(closed)
+        .unwrap();
+    assert_eq!(w.state(), closed);
+    assert_eq!(w.purge_at(), Some(t0() + Duration::days(14)));
+    let purged = WorkspaceState::Purged { at: t0() };
+    let w = Workspace::new(tenant(1), Plan::Free)
+        .with_state(purged)
+        .unwrap();
+    assert_eq!(w.state(), purged);
+    for purge_at in [t0(), t0() - Duration::days(1), t0() + Duration::days(4_000)] {
+        let bad = WorkspaceState::Closed { at: t0(), purge_at };
+        let e = Workspace::new(tenant(1), Plan::Free)
+            .with_state(bad)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RetentionError::NotPositive { .. } | RetentionError::TooLong { .. }
+            ),
+            "{e}"
+        );
+    }
+}
+
 /// Objects left behind by a purge (a store that listed them late) are
 /// deleted by later plans, without shredding or marking again.
 #[test]
