@@ -104,6 +104,7 @@ mod keys;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 mod record;
+mod retention;
 mod solution;
 mod tenant;
 
@@ -142,6 +143,11 @@ pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
     Event, HealthState, Metadata, NameProblem, Performance, Record, RecordError, RecordLimits,
     ResolutionState, State,
+};
+pub use retention::{
+    DeleteReason, ObjectKind, Plan, RetentionAction, RetentionError, RetentionPlan,
+    RetentionPlanner, RetentionPolicy, RetentionStats, StoredObject, Workspace, WorkspaceState,
+    shred_keys,
 };
 pub use solution::Solution;
 pub use tenant::{BatchRejection, Tagged, TenantBatch, TenantError, TenantId};
