@@ -85,18 +85,21 @@
 //! The public surface is flat: everything is re-exported from the crate
 //! root. Each subsystem has one error enum ([`RecordError`],
 //! [`TenantError`], [`FrameError`], [`DeliveryError`] and [`PolicyError`]
-//! for delivery, [`KeyError`], [`CredentialError`]). `ARCHITECTURE.md` in
+//! for delivery, [`KeyError`], [`CredentialError`], [`IncidentError`],
+//! [`AccessError`]). `ARCHITECTURE.md` in
 //! the repository describes the modules and the direction of their
 //! dependencies; `docs/` specifies every format.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod access;
 mod auth;
 mod delivery;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+mod incident;
 mod ingest;
 mod keys;
 // The README's Rust examples run as doctests.
@@ -108,6 +111,10 @@ mod retention;
 mod solution;
 mod tenant;
 
+pub use access::{
+    AccessControl, AccessError, Action, Denied, Region, Role, SessionId, SessionPolicy,
+    SessionStore, UserId,
+};
 pub use auth::{AGENT_OU, AgentIdentity, EnrollmentCa, Principal, subject_ids};
 pub use auth::{
     AgentServiceSignature, AuthError, AuthPolicy, DataCollectorSignature, EnrollmentKey, KeySlot,
@@ -124,6 +131,10 @@ pub use frame::{
     FIXED_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, Frame, FrameDecoder, FrameEncoder, FrameError,
     FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
     UNSEALED_OVERHEAD,
+};
+pub use incident::{
+    Incident, IncidentError, IncidentId, IncidentStage, LedgerPolicy, Loss, LossLedger, LossReason,
+    LossWindow, MAX_NOTICE_DEADLINE, Notice, TypeLoss,
 };
 pub use ingest::{
     BlobStore, FrameAnswer, Ingest, IngestConfig, IngestError, IngestReport, MemoryBlobStore,
