@@ -246,7 +246,9 @@ pub enum ExportError {
     TokenQueryMismatch,
     /// The token is older than the pager's maximum token age, or was issued
     /// more than [`Pager::MAX_FUTURE_SKEW`] after `now`.
-    #[error("continuation token issued at {issued_at} is not valid at {now} (maximum age {max_age})")]
+    #[error(
+        "continuation token issued at {issued_at} is not valid at {now} (maximum age {max_age})"
+    )]
     TokenExpired {
         /// When the token was issued.
         issued_at: DateTime<Utc>,
@@ -498,7 +500,7 @@ impl CsvExport {
             let mut scratch = String::new();
             for item in source.by_ref() {
                 let tagged = item.borrow();
-                let row = self.start + rows as u64;
+                let row = self.start.saturating_add(rows as u64);
                 check_row(self.tenant, self.data_type, tagged, row)?;
                 write_row(&mut writer, header, tagged.item(), &mut scratch).map_err(csv_error)?;
                 rows += 1;
@@ -515,7 +517,7 @@ impl CsvExport {
             continuation: cut.then(|| ExportContinuation {
                 tenant: self.tenant,
                 data_type: self.data_type,
-                next_row: self.start + rows as u64,
+                next_row: self.start.saturating_add(rows as u64),
             }),
         })
     }
@@ -702,7 +704,7 @@ pub(crate) struct TokenFields {
 }
 
 impl TokenFields {
-    fn to_payload(self) -> [u8; PAYLOAD_LEN] {
+    pub(crate) fn to_payload(self) -> [u8; PAYLOAD_LEN] {
         let mut p = [0u8; PAYLOAD_LEN];
         p[0] = self.version;
         p[1] = self.data_type;
@@ -965,7 +967,12 @@ impl Pager {
         if skipped {
             page.reserve(source.size_hint().0.min(self.page_size));
             for item in source.by_ref() {
-                check_row(tenant, data_type, item.borrow(), offset + page.len() as u64)?;
+                check_row(
+                    tenant,
+                    data_type,
+                    item.borrow(),
+                    offset.saturating_add(page.len() as u64),
+                )?;
                 page.push(item);
                 if page.len() == self.page_size {
                     break;
@@ -981,7 +988,7 @@ impl Pager {
                     data_type: data_type.as_u8(),
                     tenant: *tenant.as_bytes(),
                     query_hash: hash,
-                    next_offset: offset + page.len() as u64,
+                    next_offset: offset.saturating_add(page.len() as u64),
                     issued_at: now.timestamp(),
                 },
             )
