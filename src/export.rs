@@ -589,7 +589,6 @@ fn write_row<W: Write>(
     for &column in header {
         let cell = match custom {
             Some(custom) if column == CUSTOM_FIELDS_COLUMN => {
-                scratch.clear();
                 // Serializing a map of JSON values cannot fail.
                 let json = serde_json::to_string(custom).expect("JSON values serialize");
                 writer.write_field(json)?;
