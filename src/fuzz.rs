@@ -664,3 +664,272 @@ pub fn ingest_bytes(data: &[u8]) {
         }
     }
 }
+
+/// The fixed setting of [`paging_token`]: the key, tenant, query and time
+/// of the test vector in `docs/EXPORT.md`, a page size of 4 and ten
+/// Performance rows of that tenant.
+mod paging {
+    use chrono::{DateTime, Utc};
+
+    use crate::export::{Pager, PagingKey};
+    use crate::record::{Performance, Record};
+    use crate::tenant::{Tagged, TenantId};
+
+    pub(super) const PAGE_SIZE: usize = 4;
+    pub(super) const ROWS: usize = 10;
+    pub(super) const QUERY: &str = "Performance | where CounterName == '% Processor Time'";
+    /// 2026-11-23T12:00:00Z.
+    pub(super) const NOW: i64 = 1_795_435_200;
+
+    pub(super) fn key() -> PagingKey {
+        let mut bytes = [0u8; 32];
+        for (i, b) in (0u8..).zip(bytes.iter_mut()) {
+            *b = i;
+        }
+        PagingKey::from_bytes(bytes)
+    }
+
+    pub(super) fn tenant() -> TenantId {
+        TenantId::new(uuid::Uuid::from_u128(
+            0x0f8f_ad5b_d9cb_469f_a165_7086_7728_950e,
+        ))
+        .expect("not nil")
+    }
+
+    pub(super) fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(NOW, 0).expect("in range")
+    }
+
+    pub(super) fn pager() -> Pager {
+        Pager::new(key())
+            .with_page_size(PAGE_SIZE)
+            .expect("a valid page size")
+    }
+
+    pub(super) fn rows() -> Vec<Tagged<Record>> {
+        (0..ROWS)
+            .map(|i| {
+                Tagged::new(
+                    tenant(),
+                    Record::from(Performance {
+                        object_name: "Processor".into(),
+                        counter_name: "% Processor Time".into(),
+                        perfmon_instance_name: "_Total".into(),
+                        performance_data_id: uuid::Uuid::from_u128(i as u128 + 1),
+                        performance_source_internal_id: 7,
+                        sample_value: i as f64,
+                        time_sampled: now(),
+                        time_added: now(),
+                    }),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Search-API continuation tokens under a fixed key (see `paging` above).
+/// The first byte is the harness's: with its low bit clear, the rest is the
+/// token text (lossily UTF-8); with it set, the rest (cut to 128 bytes) is a
+/// payload the harness signs with the key, so that mutations get past the
+/// tag and reach the field checks. The token asks for the next page of the
+/// fixed tenant's Performance rows for the fixed query, at the fixed time.
+/// Checks: no panic; an accepted token is exactly the canonical encoding of
+/// the fields it decodes to; its page starts at the token's offset, holds
+/// at most a page of the source's rows in order, and its next token (there
+/// is one exactly when rows remain) verifies and points past the page; a
+/// refusal is a token error, never a row error.
+pub fn paging_token(data: &[u8]) {
+    use crate::export::{ExportError, PAGE_TOKEN_LEN, decode_token, encode_token, sign_payload};
+    use crate::record::DataType;
+
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let key = paging::key();
+    let text = if mode & 1 == 1 {
+        sign_payload(&key, &rest[..rest.len().min(128)])
+    } else {
+        String::from_utf8_lossy(rest).into_owned()
+    };
+    let pager = paging::pager();
+    let rows = paging::rows();
+    let (tenant, now) = (paging::tenant(), paging::now());
+    let page = pager.page(
+        tenant,
+        DataType::Performance,
+        paging::QUERY,
+        Some(&text),
+        &rows,
+        now,
+    );
+    let page = match page {
+        Ok(page) => page,
+        Err(ExportError::TenantMismatch { .. } | ExportError::DataTypeMismatch { .. }) => {
+            panic!("a row of the fixed source was refused")
+        }
+        Err(_) => return,
+    };
+    assert_eq!(
+        text.len(),
+        PAGE_TOKEN_LEN,
+        "accepted a token of another length"
+    );
+    let fields = decode_token(&key, &text).expect("an accepted token decodes");
+    assert_eq!(
+        encode_token(&key, &fields),
+        text,
+        "accepted a non-canonical token"
+    );
+    assert_eq!(page.offset, fields.next_offset);
+    assert!(page.rows.len() <= paging::PAGE_SIZE, "page over its size");
+    let start = usize::try_from(page.offset).unwrap_or(usize::MAX);
+    for (i, row) in page.rows.iter().enumerate() {
+        assert_eq!(*row, &rows[start + i], "page row out of order");
+    }
+    let end = start.saturating_add(page.rows.len());
+    match &page.next {
+        Some(next) => {
+            assert!(end < rows.len(), "a next token after the last row");
+            let after = pager
+                .page(
+                    tenant,
+                    DataType::Performance,
+                    paging::QUERY,
+                    Some(next),
+                    &rows,
+                    now,
+                )
+                .expect("a token just issued verifies");
+            assert_eq!(after.offset, end as u64);
+        }
+        None => assert!(end >= rows.len(), "no next token with rows left"),
+    }
+}
+
+/// The seed corpus of [`paging_token`], by file name: tokens that page,
+/// tokens refused for each reason, and payloads for the re-signing mode.
+/// `tests/export.rs` keeps `fuzz/corpus/paging_token/` equal to this.
+#[must_use]
+pub fn paging_token_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::export::{TokenFields, encode_token};
+    use crate::record::DataType;
+
+    let key = paging::key();
+    let hash = {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, paging::QUERY.as_bytes()).as_ref(),
+        );
+        h
+    };
+    let base = TokenFields {
+        version: 1,
+        data_type: DataType::Performance.as_u8(),
+        tenant: *paging::tenant().as_bytes(),
+        query_hash: hash,
+        next_offset: 3,
+        issued_at: paging::NOW,
+    };
+    let token = |f: TokenFields| {
+        let mut seed = vec![0u8];
+        seed.extend_from_slice(encode_token(&key, &f).as_bytes());
+        seed
+    };
+    let payload = |f: TokenFields| {
+        let mut seed = vec![1u8];
+        seed.extend_from_slice(&f.to_payload());
+        seed
+    };
+    let edit = |f: TokenFields, at: usize| {
+        let mut seed = token(f);
+        seed[1 + at] = if seed[1 + at] == b'A' { b'B' } else { b'A' };
+        seed
+    };
+    let mut other_tenant = base;
+    other_tenant.tenant[15] ^= 1;
+    let mut other_query = base;
+    other_query.query_hash[0] ^= 1;
+    let mut truncated = token(base);
+    truncated.truncate(100);
+    let mut padded = token(base);
+    padded.push(b'=');
+    vec![
+        ("offset-3-vector", token(base)),
+        (
+            "offset-8-last-page",
+            token(TokenFields {
+                next_offset: 8,
+                ..base
+            }),
+        ),
+        (
+            "offset-past-end",
+            token(TokenFields {
+                next_offset: 1_000,
+                ..base
+            }),
+        ),
+        ("other-tenant", token(other_tenant)),
+        ("other-query", token(other_query)),
+        (
+            "other-data-type",
+            token(TokenFields {
+                data_type: DataType::Event.as_u8(),
+                ..base
+            }),
+        ),
+        (
+            "expired",
+            token(TokenFields {
+                issued_at: paging::NOW - 2 * 3600,
+                ..base
+            }),
+        ),
+        (
+            "from-the-future",
+            token(TokenFields {
+                issued_at: paging::NOW + 3600,
+                ..base
+            }),
+        ),
+        ("edited-first-char", edit(base, 0)),
+        ("edited-last-char", edit(base, 130)),
+        ("truncated", truncated),
+        ("padded", padded),
+        ("empty", vec![0]),
+        ("garbage", b"\x00not a token \xff\xfe".to_vec()),
+        ("resign-offset-3", payload(base)),
+        (
+            "resign-version-2",
+            payload(TokenFields { version: 2, ..base }),
+        ),
+        (
+            "resign-data-type-9",
+            payload(TokenFields {
+                data_type: 9,
+                ..base
+            }),
+        ),
+        (
+            "resign-nil-tenant",
+            payload(TokenFields {
+                tenant: [0; 16],
+                ..base
+            }),
+        ),
+        (
+            "resign-time-out-of-range",
+            payload(TokenFields {
+                issued_at: i64::MIN,
+                ..base
+            }),
+        ),
+        (
+            "resign-offset-max",
+            payload(TokenFields {
+                next_offset: u64::MAX,
+                ..base
+            }),
+        ),
+    ]
+}

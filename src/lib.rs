@@ -96,6 +96,7 @@
 mod access;
 mod auth;
 mod delivery;
+mod export;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
@@ -125,6 +126,10 @@ pub use delivery::{
     Agent, AgentError, DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, MemorySpool,
     MemoryTransport, Outbox, Outcome, Phase, PhaseCounts, PolicyError, RecoveryReport, Spool,
     StorageOp, TenantStatus, Transmit, Transport,
+};
+pub use export::{
+    CUSTOM_FIELDS_COLUMN, CsvExport, ExportContinuation, ExportError, ExportSummary,
+    PAGE_TOKEN_LEN, Page, Pager, PagingKey, csv_header,
 };
 pub use frame::{
     BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,

@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("sealed_open", opsdata::fuzz::sealed_open),
     ("auth_headers", opsdata::fuzz::auth_headers),
     ("ingest_bytes", opsdata::fuzz::ingest_bytes),
+    ("paging_token", opsdata::fuzz::paging_token),
 ];
 
 #[test]
