@@ -85,9 +85,9 @@
 //! The public surface is flat: everything is re-exported from the crate
 //! root. Each subsystem has one error enum ([`RecordError`],
 //! [`TenantError`], [`FrameError`], [`DeliveryError`] and [`PolicyError`]
-//! for delivery, [`KeyError`], [`CredentialError`], [`IncidentError`],
-//! [`AccessError`]). `ARCHITECTURE.md` in
-//! the repository describes the modules and the direction of their
+//! for delivery, [`KeyError`], [`CredentialError`], [`AuthError`],
+//! [`IngestError`], [`RetentionError`], [`ExportError`], [`IncidentError`],
+//! [`AccessError`]). `ARCHITECTURE.md` in the repository describes the modules and the direction of their
 //! dependencies; `docs/` specifies every format.
 
 #![forbid(unsafe_code)]
