@@ -196,6 +196,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let purge = closed_at + Duration::days(30);
     let plan = retention.plan(purge, [&workspace], inventory(&store))?;
     let actions = plan.into_actions();
+    // From here on no reopen, even one stamped by a lagging clock.
+    workspace.begin_purge(purge)?;
     let (expired, purge) = by_reason(&actions);
     println!(
         "day 70  the purge is due: {expired} deletions for age, {purge} for the purge, then the keys"

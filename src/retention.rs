@@ -207,6 +207,15 @@ pub enum RetentionError {
         /// When the purge becomes due.
         purge_at: DateTime<Utc>,
     },
+    /// Closing at `closed_at` would put the purge past the last
+    /// representable time.
+    #[error("workspace {tenant} closed at {closed_at}: its purge time is past the end of time")]
+    PurgeTimeOverflow {
+        /// The tenant.
+        tenant: TenantId,
+        /// The time of the close refused.
+        closed_at: DateTime<Utc>,
+    },
     /// The key ring passed to [`shred_keys`] is another tenant's.
     #[error("key ring of tenant {found} passed to shred tenant {expected}")]
     WrongRing {
@@ -234,11 +243,6 @@ fn period(setting: &'static str, period: Duration) -> Result<Duration, Retention
     } else {
         Ok(period)
     }
-}
-
-/// `t + d`, or the end of time if that overflows (so it never comes).
-fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The earlier of `a` (if any) and `b`.
@@ -500,6 +504,9 @@ pub struct Workspace {
     retention: Option<Duration>,
     types: BTreeMap<DataType, Duration>,
     state: WorkspaceState,
+    /// The latest time a lifecycle call has seen: an earlier `now` counts
+    /// as this one.
+    latest: Option<DateTime<Utc>>,
 }
 
 impl Workspace {
@@ -512,7 +519,32 @@ impl Workspace {
             retention: None,
             types: BTreeMap::new(),
             state: WorkspaceState::Active,
+            latest: None,
         }
+    }
+
+    /// `now`, or the latest time seen if that is later; remembered.
+    fn observe(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let now = self.latest.map_or(now, |l| l.max(now));
+        self.latest = Some(now);
+        now
+    }
+
+    /// The latest time [`close`](Workspace::close),
+    /// [`reopen`](Workspace::reopen), [`begin_purge`](Workspace::begin_purge)
+    /// or [`mark_purged`](Workspace::mark_purged) has seen; persist it with
+    /// the state and restore it with
+    /// [`with_latest_seen`](Workspace::with_latest_seen).
+    #[must_use]
+    pub fn latest_seen(&self) -> Option<DateTime<Utc>> {
+        self.latest
+    }
+
+    /// Restores the latest time seen (see [`Workspace::latest_seen`]).
+    #[must_use]
+    pub fn with_latest_seen(mut self, latest: Option<DateTime<Utc>>) -> Self {
+        self.latest = latest;
+        self
     }
 
     /// Changes the plan.
@@ -615,10 +647,14 @@ impl Workspace {
     /// later (30 days by default). Closing a closed workspace keeps the
     /// first date. Close its key ring at the same time
     /// ([`KeyRing::close`]), so its keys may be shredded at the purge.
+    /// A `now` earlier than one this workspace has seen counts as the
+    /// latest seen.
     ///
     /// # Errors
     ///
-    /// [`RetentionError::Purged`] if it was purged.
+    /// [`RetentionError::Purged`] if it was purged;
+    /// [`RetentionError::PurgeTimeOverflow`] if the purge time would fall
+    /// past the last representable time. Nothing changes on error.
     pub fn close(
         &mut self,
         policy: &RetentionPolicy,
@@ -626,10 +662,15 @@ impl Workspace {
     ) -> Result<(), RetentionError> {
         match self.state {
             WorkspaceState::Active => {
-                self.state = WorkspaceState::Closed {
-                    at: now,
-                    purge_at: later(now, policy.purge_after_close),
-                };
+                let now = self.latest.map_or(now, |l| l.max(now));
+                let purge_at = now.checked_add_signed(policy.purge_after_close).ok_or(
+                    RetentionError::PurgeTimeOverflow {
+                        tenant: self.tenant,
+                        closed_at: now,
+                    },
+                )?;
+                self.observe(now);
+                self.state = WorkspaceState::Closed { at: now, purge_at };
                 Ok(())
             }
             WorkspaceState::Closed { .. } => Ok(()),
@@ -650,7 +691,12 @@ impl Workspace {
     /// the purge was carried out (it may be under way);
     /// [`RetentionError::Purged`] after it; [`RetentionError::NotClosed`]
     /// if it is active. Nothing changes on error.
+    ///
+    /// A `now` earlier than one this workspace has seen counts as the
+    /// latest seen: once [`begin_purge`](Workspace::begin_purge) has run, a
+    /// reopen stamped by a clock that lags is refused too.
     pub fn reopen(&mut self, now: DateTime<Utc>) -> Result<(), RetentionError> {
+        let now = self.observe(now);
         match self.state {
             WorkspaceState::Active => Err(RetentionError::NotClosed {
                 tenant: self.tenant,
@@ -672,6 +718,37 @@ impl Workspace {
         }
     }
 
+    /// Records that a purge is starting at `now` (the plan's `now`): call it
+    /// before carrying out the first action of a workspace's purge, and
+    /// persist the workspace. From then on [`reopen`](Workspace::reopen)
+    /// is refused even with an earlier `now`, so a request stamped by a
+    /// lagging clock cannot bring back a workspace whose data is being
+    /// deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`RetentionError::PurgeNotDue`] before the purge time;
+    /// [`RetentionError::NotClosed`] if it is active. Nothing changes on
+    /// error.
+    pub fn begin_purge(&mut self, now: DateTime<Utc>) -> Result<(), RetentionError> {
+        let seen = self.latest.map_or(now, |l| l.max(now));
+        match self.state {
+            WorkspaceState::Active => Err(RetentionError::NotClosed {
+                tenant: self.tenant,
+            }),
+            WorkspaceState::Closed { purge_at, .. } if seen < purge_at => {
+                Err(RetentionError::PurgeNotDue {
+                    tenant: self.tenant,
+                    purge_at,
+                })
+            }
+            WorkspaceState::Closed { .. } | WorkspaceState::Purged { .. } => {
+                self.observe(now);
+                Ok(())
+            }
+        }
+    }
+
     /// Records that the purge was carried out (the
     /// [`MarkPurged`](RetentionAction::MarkPurged) action). Marking a
     /// purged workspace again changes nothing.
@@ -681,6 +758,7 @@ impl Workspace {
     /// [`RetentionError::PurgeNotDue`] before the purge time;
     /// [`RetentionError::NotClosed`] if it is active.
     pub fn mark_purged(&mut self, now: DateTime<Utc>) -> Result<(), RetentionError> {
+        let now = self.observe(now);
         match self.state {
             WorkspaceState::Active => Err(RetentionError::NotClosed {
                 tenant: self.tenant,

@@ -1077,3 +1077,64 @@ fn shred_keys_needs_a_closed_ring() {
     ));
     assert!(ring.shredded().is_none());
 }
+
+/// Bug: `Workspace` ignored the rule that an earlier `now` counts as the
+/// latest seen. After a plan at the purge time, a reopen stamped 1 ms
+/// earlier (a lagging clock) brought back a workspace whose objects were
+/// being deleted and whose keys were being shredded.
+#[test]
+fn regression_a_reopen_from_a_lagging_clock_after_the_purge_began_is_refused() {
+    let policy = RetentionPolicy::default();
+    let mut w = Workspace::new(tenant(1), Plan::Standard);
+    w.close(&policy, t0()).unwrap();
+    let purge_at = t0() + Duration::days(30);
+    // Not before the purge time.
+    assert!(matches!(
+        w.clone().begin_purge(purge_at - ms(1)),
+        Err(RetentionError::PurgeNotDue { .. })
+    ));
+    let plan = policy
+        .plan(
+            purge_at,
+            [&w],
+            [object(tenant(1), 1, raw(DataType::Alert), t0(), None)],
+        )
+        .unwrap();
+    assert!(purge_actions(&plan, tenant(1)) > 0);
+    w.begin_purge(purge_at).unwrap();
+    assert_eq!(w.latest_seen(), Some(purge_at));
+    assert!(matches!(
+        w.reopen(purge_at - ms(1)),
+        Err(RetentionError::PurgeDue { .. })
+    ));
+    assert!(matches!(w.state(), WorkspaceState::Closed { .. }));
+    // A restored workspace keeps the rule.
+    let restored = Workspace::new(tenant(1), Plan::Standard)
+        .with_state(w.state())
+        .unwrap()
+        .with_latest_seen(w.latest_seen());
+    assert!(restored.clone().reopen(t0() + Duration::days(1)).is_err());
+    // Marking purged with a lagging clock still works: it counts as the latest.
+    w.mark_purged(purge_at - Duration::days(1)).unwrap();
+    assert_eq!(w.state(), WorkspaceState::Purged { at: purge_at });
+}
+
+#[test]
+fn closing_near_the_end_of_time_is_refused_not_shortened() {
+    let policy = RetentionPolicy::default();
+    for at in [
+        DateTime::<Utc>::MAX_UTC,
+        DateTime::<Utc>::MAX_UTC - Duration::days(1),
+    ] {
+        let mut w = Workspace::new(tenant(1), Plan::Free);
+        assert!(matches!(
+            w.close(&policy, at),
+            Err(RetentionError::PurgeTimeOverflow { .. })
+        ));
+        assert_eq!(w.state(), WorkspaceState::Active);
+    }
+    let mut w = Workspace::new(tenant(1), Plan::Free);
+    let at = DateTime::<Utc>::MAX_UTC - Duration::days(30);
+    w.close(&policy, at).unwrap();
+    assert_eq!(w.purge_at(), Some(DateTime::<Utc>::MAX_UTC));
+}
