@@ -74,6 +74,7 @@ pub struct LedgerPolicy {
     notice_deadline: Duration,
     grouping_delay: Duration,
     max_closed: usize,
+    max_notified: usize,
 }
 
 impl Default for LedgerPolicy {
@@ -82,6 +83,7 @@ impl Default for LedgerPolicy {
             notice_deadline: MAX_NOTICE_DEADLINE,
             grouping_delay: Duration::hours(1),
             max_closed: 1_000,
+            max_notified: 10_000,
         }
     }
 }
@@ -107,6 +109,31 @@ impl LedgerPolicy {
     #[must_use]
     pub fn max_closed(&self) -> usize {
         self.max_closed
+    }
+
+    /// How many incidents whose notice went out, but which are not closed,
+    /// the ledger keeps for their lifecycle before it evicts the oldest
+    /// (the first detected). Evicting one loses only its lifecycle: its
+    /// customers were told. Default 10 000.
+    #[must_use]
+    pub fn max_notified(&self) -> usize {
+        self.max_notified
+    }
+
+    /// Sets [`max_notified`](Self::max_notified).
+    ///
+    /// # Errors
+    ///
+    /// [`IncidentError::Setting`] for zero.
+    pub fn with_max_notified(mut self, max_notified: usize) -> Result<Self, IncidentError> {
+        if max_notified == 0 {
+            return Err(IncidentError::Setting {
+                setting: "max_notified",
+                requirement: "positive",
+            });
+        }
+        self.max_notified = max_notified;
+        Ok(self)
     }
 
     /// Sets [`notice_deadline`](Self::notice_deadline).
@@ -551,7 +578,21 @@ pub enum IncidentError {
         /// The incident.
         id: IncidentId,
     },
+    /// Closing with a post-mortem longer than [`MAX_POST_MORTEM_BYTES`].
+    #[error("{id}: a post-mortem of {bytes} bytes is longer than the {max} allowed")]
+    PostMortemTooLong {
+        /// The incident.
+        id: IncidentId,
+        /// Its length in bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
+
+/// The longest post-mortem [`LossLedger::close`] keeps: 64 KiB of UTF-8.
+/// Link to a longer document rather than paste it.
+pub const MAX_POST_MORTEM_BYTES: usize = 64 << 10;
 
 /// The sans-I/O data-loss ledger: groups a tenant's losses into incidents
 /// and says when each customer must be told.
@@ -583,12 +624,14 @@ pub enum IncidentError {
 /// latest seen. Every call does O(log n) work in the incidents held.
 ///
 /// **Memory**: each incident takes constant space (per-type totals, at most
-/// a handful of reasons, its post-mortem). Open and notified incidents stay
-/// until closed; closed ones stay for display until
-/// [`take_closed`](LossLedger::take_closed) takes them out (oldest first),
-/// and beyond [`LedgerPolicy::max_closed`] the oldest closed one is evicted
-/// when another closes. Incidents cannot close before their notice, so no
-/// loss leaves the ledger without one.
+/// a handful of reasons, a post-mortem of at most
+/// [`MAX_POST_MORTEM_BYTES`]). An open incident (one per tenant at most)
+/// stays until notified; notified ones stay for their lifecycle, and beyond
+/// [`LedgerPolicy::max_notified`] the oldest is evicted; closed ones stay
+/// for display until [`take_closed`](LossLedger::take_closed) takes them
+/// out (oldest first), and beyond [`LedgerPolicy::max_closed`] the oldest
+/// closed one is evicted when another closes. Only notified incidents are
+/// ever evicted, so no loss leaves the ledger without a notice.
 ///
 /// ```
 /// use chrono::{Duration, TimeZone, Utc};
@@ -638,6 +681,8 @@ pub struct LossLedger {
     due: BTreeSet<(DateTime<Utc>, IncidentId)>,
     /// Closed incidents still held, oldest closed first.
     closed: VecDeque<IncidentId>,
+    /// Incidents notified but not closed, still held.
+    notified: BTreeSet<IncidentId>,
 }
 
 impl LossLedger {
@@ -652,6 +697,7 @@ impl LossLedger {
             open: BTreeMap::new(),
             due: BTreeSet::new(),
             closed: VecDeque::new(),
+            notified: BTreeSet::new(),
         }
     }
 
@@ -783,7 +829,7 @@ impl LossLedger {
         self.open.remove(&incident.tenant);
         incident.notified_at = Some(now);
         incident.overdue = now > incident.deadline;
-        Some(Notice {
+        let notice = Notice {
             incident: id,
             tenant: incident.tenant,
             window: LossWindow {
@@ -796,7 +842,16 @@ impl LossLedger {
             deadline: incident.deadline,
             emitted_at: now,
             overdue: incident.overdue,
-        })
+        };
+        // Bounded memory however many incidents are never closed: evict
+        // the oldest notified one (its customers were told).
+        self.notified.insert(id);
+        if self.notified.len() > self.policy.max_notified
+            && let Some(old) = self.notified.pop_first()
+        {
+            self.incidents.remove(&old);
+        }
+        Some(notice)
     }
 
     /// When the next notice becomes due (possibly already past: poll now),
@@ -893,11 +948,19 @@ impl LossLedger {
         if post_mortem.trim().is_empty() {
             return Err(IncidentError::EmptyPostMortem { id });
         }
+        if post_mortem.len() > MAX_POST_MORTEM_BYTES {
+            return Err(IncidentError::PostMortemTooLong {
+                id,
+                bytes: post_mortem.len(),
+                max: MAX_POST_MORTEM_BYTES,
+            });
+        }
         let now = self.clock(now);
         // Checked above.
         let incident = self.incidents.get_mut(&id).expect("held");
         incident.entered[IncidentStage::Closed.index()] = Some(now);
         incident.post_mortem = Some(post_mortem);
+        self.notified.remove(&id);
         self.closed.push_back(id);
         if self.closed.len() > self.policy.max_closed
             && let Some(old) = self.closed.pop_front()

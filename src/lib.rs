@@ -139,7 +139,7 @@ pub use frame::{
 };
 pub use incident::{
     Incident, IncidentError, IncidentId, IncidentStage, LedgerPolicy, Loss, LossLedger, LossReason,
-    LossWindow, MAX_NOTICE_DEADLINE, Notice, TypeLoss,
+    LossWindow, MAX_NOTICE_DEADLINE, MAX_POST_MORTEM_BYTES, Notice, TypeLoss,
 };
 pub use ingest::{
     BlobStore, FrameAnswer, Ingest, IngestConfig, IngestError, IngestReport, MemoryBlobStore,
