@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use crate::keys::{Entropy, EntropyUnavailable};
 use crate::record::truncate_for_error;
@@ -548,7 +549,8 @@ fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
 /// written in cookies as 22 characters of unpadded base64url.
 ///
 /// It is a bearer secret: `Debug` prints `SessionId(..)`, and equality is
-/// compared in constant time. The value leaves the type only through
+/// compared in constant time; its bytes are wiped on drop. The value
+/// leaves the type only through
 /// [`set_cookie`](Self::set_cookie) and [`cookie_value`](Self::cookie_value).
 ///
 /// The cookie is `__Host-opsdata-session=<id>; Path=/; Secure; HttpOnly;
@@ -570,7 +572,7 @@ fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
 /// # Ok::<(), opsdata::AccessError>(())
 /// ```
 #[derive(Clone)]
-pub struct SessionId([u8; 16]);
+pub struct SessionId(Zeroizing<[u8; 16]>);
 
 impl SessionId {
     /// The cookie's name.
@@ -584,15 +586,16 @@ impl SessionId {
     ///
     /// [`AccessError::Entropy`] if the source fails.
     pub fn generate(entropy: &mut (impl Entropy + ?Sized)) -> Result<Self, AccessError> {
-        let mut b = [0u8; 16];
-        entropy.fill(&mut b)?;
+        // Wiped on drop, as the id it becomes.
+        let mut b = Zeroizing::new([0u8; 16]);
+        entropy.fill(&mut b[..])?;
         Ok(SessionId(b))
     }
 
     /// The id as written in the cookie: 22 characters of unpadded base64url.
     #[must_use]
     pub fn cookie_value(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+        URL_SAFE_NO_PAD.encode(&self.0[..])
     }
 
     /// The `Set-Cookie` header value that gives the browser this session.
@@ -628,8 +631,8 @@ impl SessionId {
         if value.len() != 22 {
             return Err(AccessError::MalformedSession);
         }
-        let mut b = [0u8; 16];
-        match URL_SAFE_NO_PAD.decode_slice(value, &mut b) {
+        let mut b = Zeroizing::new([0u8; 16]);
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut b[..]) {
             Ok(16) => Ok(SessionId(b)),
             _ => Err(AccessError::MalformedSession),
         }
@@ -667,7 +670,7 @@ impl SessionId {
     /// SHA-256 of the id, split into the store's lookup key and the
     /// verifier compared in constant time.
     fn digest(&self) -> ([u8; 16], [u8; 16]) {
-        let d = ring::digest::digest(&ring::digest::SHA256, &self.0);
+        let d = ring::digest::digest(&ring::digest::SHA256, &self.0[..]);
         let mut lookup = [0u8; 16];
         let mut verifier = [0u8; 16];
         lookup.copy_from_slice(&d.as_ref()[..16]);
@@ -1061,7 +1064,7 @@ mod tests {
 
     #[test]
     fn cookie_value_round_trips_and_is_strict() {
-        let id = SessionId([0xff; 16]);
+        let id = SessionId(Zeroizing::new([0xff; 16]));
         let v = id.cookie_value();
         assert_eq!(v.len(), 22);
         assert_eq!(SessionId::from_cookie_value(&v).unwrap(), id);
