@@ -17,9 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, Duration, Utc};
 use ring::{digest, hmac};
 use serde_json::Value;
-use zeroize::Zeroizing;
 
-use crate::keys::{Entropy, EntropyUnavailable};
+use crate::keys::{Entropy, EntropyUnavailable, KeyMaterial};
 use crate::record::{CustomFields, DataType, Event, Record};
 use crate::tenant::{Tagged, TenantId};
 
@@ -61,26 +60,16 @@ const CONFIGURATION_COLUMNS: [&str; 7] = [
     "ChangeDate",
 ];
 
-/// [`Event::FIXED_FIELDS`] and then [`CUSTOM_FIELDS_COLUMN`] (a unit test
-/// keeps the two lists in step).
-const EVENT_COLUMNS: [&str; 16] = [
-    "EventId",
-    "EventOriginalID",
-    "BaseManagedEntityInternalId",
-    "RuleId",
-    "PublisherId",
-    "PublisherName",
-    "FullNumber",
-    "Number",
-    "Category",
-    "ChannelLevel",
-    "LoggingComputer",
-    "EventData",
-    "EventParameters",
-    "TimeGenerated",
-    "TimeAdded",
-    CUSTOM_FIELDS_COLUMN,
-];
+/// [`Event::FIXED_FIELDS`] and then [`CUSTOM_FIELDS_COLUMN`].
+const EVENT_COLUMNS: [&str; Event::FIXED_FIELDS.len() + 1] = {
+    let mut columns = [CUSTOM_FIELDS_COLUMN; Event::FIXED_FIELDS.len() + 1];
+    let mut i = 0;
+    while i < Event::FIXED_FIELDS.len() {
+        columns[i] = Event::FIXED_FIELDS[i];
+        i += 1;
+    }
+    columns
+};
 
 const METADATA_COLUMNS: [&str; 21] = [
     "BaseManagedEntityId",
@@ -642,18 +631,14 @@ pub const PAGE_TOKEN_LEN: usize = (RAW_LEN * 4).div_ceil(3);
 /// Zeroized on drop; `Debug` prints `PagingKey(..)`. Every node that
 /// answers the same search API needs the same key; a new key makes every
 /// outstanding token fail with [`ExportError::TokenTampered`].
-pub struct PagingKey(Zeroizing<[u8; 32]>);
+pub struct PagingKey(KeyMaterial);
 
 impl PagingKey {
     /// Takes 32 bytes as the key. The array passed in is moved into a
     /// zeroizing buffer; zeroize the caller's own copies.
     #[must_use]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(&bytes);
-        let mut bytes = bytes;
-        zeroize::Zeroize::zeroize(&mut bytes);
-        PagingKey(key)
+        PagingKey(KeyMaterial::from_bytes(bytes))
     }
 
     /// Draws a fresh key from `entropy`.
@@ -662,13 +647,11 @@ impl PagingKey {
     ///
     /// [`EntropyUnavailable`] if the source fails.
     pub fn generate(entropy: &mut (impl Entropy + ?Sized)) -> Result<Self, EntropyUnavailable> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        entropy.fill(&mut key[..])?;
-        Ok(PagingKey(key))
+        KeyMaterial::generate(entropy).map(PagingKey)
     }
 
     fn hmac_key(&self) -> hmac::Key {
-        hmac::Key::new(hmac::HMAC_SHA256, &self.0[..])
+        hmac::Key::new(hmac::HMAC_SHA256, self.0.expose())
     }
 }
 
