@@ -43,84 +43,17 @@ use criterion::{
 use opsdata::{
     AgentServiceSignature, AuthPolicy, BatchId, BlobStore, DataType, Decoded, EnrollmentKey, Frame,
     FrameDecoder, FrameEncoder, FrameLimits, Ingest, IngestConfig, IngestReport, KeyRing,
-    MemoryBlobStore, ObjectKey, Outcome, PayloadReader, Performance, Principal, Record,
-    RecordLimits, RotationPolicy, StoreOp, SystemEntropy, Tagged, TenantBatch, TenantId,
-    WorkspaceKeys, apply_store_op, seal, sign_agent_service, verify_agent_service,
+    MemoryBlobStore, ObjectKey, Outcome, PayloadReader, Principal, RecordLimits, RotationPolicy,
+    StoreOp, SystemEntropy, Tagged, TenantBatch, TenantId, WorkspaceKeys, apply_store_op, seal,
+    sign_agent_service, verify_agent_service,
 };
-use uuid::Uuid;
+mod common;
+use common::performance_records;
 
-/// The payload stays just below this many bytes.
-const TARGET: usize = 1 << 20;
 /// An unsealed frame's fixed header; its CRC follows it.
 const HEADER_LEN: usize = 64;
 /// Where the batch id sits in the fixed header (docs/FRAME.md).
 const BATCH_ID_AT: usize = 32;
-
-const OBJECTS: [(&str, &[&str], &[&str]); 4] = [
-    (
-        "Processor",
-        &["% Processor Time", "% Privileged Time", "% User Time"],
-        &["_Total", "0", "1", "2", "3"],
-    ),
-    (
-        "Memory",
-        &["Available MBytes", "Pages/sec", "% Committed Bytes In Use"],
-        &[""],
-    ),
-    (
-        "LogicalDisk",
-        &[
-            "Avg. Disk sec/Transfer",
-            "Disk Reads/sec",
-            "Disk Writes/sec",
-            "% Free Space",
-        ],
-        &["_Total", "C:", "D:", "HarddiskVolume1"],
-    ),
-    (
-        "Network Interface",
-        &["Bytes Received/sec", "Bytes Sent/sec"],
-        &[
-            "Intel[R] Ethernet Connection I219-LM",
-            "Microsoft Hyper-V Network Adapter",
-        ],
-    ),
-];
-
-/// Performance records whose JSON Lines payload is just below [`TARGET`],
-/// with the payload's length (the same records as `benches/frame.rs`).
-fn performance_records() -> (Vec<Record>, usize) {
-    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-    let mut records = Vec::new();
-    let mut len = 0;
-    let mut line = Vec::new();
-    for i in 0u32.. {
-        let (object, counters, instances) = OBJECTS[i as usize % OBJECTS.len()];
-        let n = (i as usize) / OBJECTS.len();
-        let sampled = t0 + chrono::Duration::milliseconds(i64::from(i) * 250 + i64::from(i % 7));
-        let record = Record::from(Performance {
-            object_name: object.into(),
-            counter_name: counters[n % counters.len()].into(),
-            perfmon_instance_name: instances[n % instances.len()].into(),
-            performance_data_id: Uuid::from_u128(
-                0x0193_5a1e_7c00_7000_8000_0000_0000_0000 | u128::from(i),
-            ),
-            performance_source_internal_id: 1000 + (i % 37) as i32,
-            sample_value: f64::from(i.wrapping_mul(2_654_435_761) % 100_000) / 977.0,
-            time_sampled: sampled,
-            time_added: sampled + chrono::Duration::milliseconds(1500 + i64::from(i % 113)),
-        });
-        line.clear();
-        record.write_json(&mut line);
-        line.push(b'\n');
-        if len + line.len() >= TARGET {
-            break;
-        }
-        len += line.len();
-        records.push(record);
-    }
-    (records, len)
-}
 
 /// Copies of one unsealed frame, each with a batch id of its own.
 struct Requests {
@@ -200,7 +133,8 @@ fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, p
 }
 
 fn bench_ingest(c: &mut Criterion) {
-    let (records, content_len) = performance_records();
+    let (records, payload) = performance_records();
+    let content_len = payload.len();
     let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
     let mut batch = TenantBatch::new(tenant, DataType::Performance);
     for r in &records {
