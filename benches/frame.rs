@@ -18,17 +18,15 @@
 //! `cargo bench --bench frame`
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use opsdata::{
     BatchId, DataType, Decoded, FrameDecoder, FrameEncoder, FrameLimits, PayloadReader, Record,
-    Tagged, TenantBatch, TenantId,
 };
 mod common;
-use common::performance_records;
+use common::{configure, performance_batch, performance_records};
 
 /// Raw DEFLATE of `data` into `out` (cleared first), reusing `c`.
 fn deflate_into(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) {
@@ -60,20 +58,9 @@ fn inflate_into(d: &mut Decompress, body: &[u8], len: usize, out: &mut Vec<u8>) 
     assert_eq!(out.len(), len);
 }
 
-fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, payload_len: usize) {
-    group.sample_size(30);
-    group.measurement_time(Duration::from_secs(4));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Bytes(payload_len as u64));
-}
-
 fn bench_frame(c: &mut Criterion) {
     let (records, payload) = performance_records();
-    let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
-    let mut batch = TenantBatch::new(tenant, DataType::Performance);
-    for r in &records {
-        batch.push(Tagged::new(tenant, r.clone())).unwrap();
-    }
+    let (_tenant, batch) = performance_batch(&records);
     let batch_id = BatchId::from_random_bytes([0x5a; 16]);
     let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 15, 0).unwrap();
     let n = records.len();

@@ -32,23 +32,20 @@
 //! `cargo bench --bench ingest`
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
-use criterion::{
-    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use opsdata::{
-    AgentServiceSignature, AuthPolicy, BatchId, BlobStore, DataType, Decoded, EnrollmentKey, Frame,
+    AgentServiceSignature, AuthPolicy, BatchId, BlobStore, Decoded, EnrollmentKey, Frame,
     FrameDecoder, FrameEncoder, FrameLimits, Ingest, IngestConfig, IngestReport, KeyRing,
     MemoryBlobStore, ObjectKey, Outcome, PayloadReader, Principal, RecordLimits, RotationPolicy,
-    StoreOp, SystemEntropy, Tagged, TenantBatch, TenantId, WorkspaceKeys, apply_store_op, seal,
-    sign_agent_service, verify_agent_service,
+    StoreOp, SystemEntropy, WorkspaceKeys, apply_store_op, seal, sign_agent_service,
+    verify_agent_service,
 };
 mod common;
-use common::performance_records;
+use common::{configure, performance_batch, performance_records};
 
 /// An unsealed frame's fixed header; its CRC follows it.
 const HEADER_LEN: usize = 64;
@@ -125,21 +122,10 @@ impl Service {
     }
 }
 
-fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, payload_len: usize) {
-    group.sample_size(30);
-    group.measurement_time(Duration::from_secs(4));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Bytes(payload_len as u64));
-}
-
 fn bench_ingest(c: &mut Criterion) {
     let (records, payload) = performance_records();
     let content_len = payload.len();
-    let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
-    let mut batch = TenantBatch::new(tenant, DataType::Performance);
-    for r in &records {
-        batch.push(Tagged::new(tenant, r.clone())).unwrap();
-    }
+    let (tenant, batch) = performance_batch(&records);
     let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 15, 0).unwrap();
     let mut frame_bytes = Vec::new();
     let header = FrameEncoder::new()
