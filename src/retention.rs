@@ -245,6 +245,24 @@ fn period(setting: &'static str, period: Duration) -> Result<Duration, Retention
     }
 }
 
+/// Sets (a checked period) or clears `data_type`'s entry in `types`.
+fn set_type(
+    types: &mut BTreeMap<DataType, Duration>,
+    setting: &'static str,
+    data_type: DataType,
+    d: Option<Duration>,
+) -> Result<(), RetentionError> {
+    match d {
+        Some(d) => {
+            types.insert(data_type, period(setting, d)?);
+        }
+        None => {
+            types.remove(&data_type);
+        }
+    }
+    Ok(())
+}
+
 /// The earlier of `a` (if any) and `b`.
 fn earliest(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> DateTime<Utc> {
     a.map_or(b, |a| a.min(b))
@@ -350,15 +368,7 @@ impl RetentionPolicy {
         data_type: DataType,
         d: Option<Duration>,
     ) -> Result<Self, RetentionError> {
-        match d {
-            Some(d) => {
-                self.types
-                    .insert(data_type, period("data type retention", d)?);
-            }
-            None => {
-                self.types.remove(&data_type);
-            }
-        }
+        set_type(&mut self.types, "data type retention", data_type, d)?;
         Ok(self)
     }
 
@@ -576,15 +586,12 @@ impl Workspace {
         data_type: DataType,
         d: Option<Duration>,
     ) -> Result<Self, RetentionError> {
-        match d {
-            Some(d) => {
-                self.types
-                    .insert(data_type, period("workspace data type retention", d)?);
-            }
-            None => {
-                self.types.remove(&data_type);
-            }
-        }
+        set_type(
+            &mut self.types,
+            "workspace data type retention",
+            data_type,
+            d,
+        )?;
         Ok(self)
     }
 
