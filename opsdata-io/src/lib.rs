@@ -1,0 +1,15 @@
+//! Real backends for [`opsdata`]: the I/O its sans-I/O core leaves to the
+//! host, written once.
+//!
+//! - [`FileSpool`]: a crash-safe [`opsdata::Spool`] on disk (segment log of
+//!   frames and removal markers, `docs/SPOOL.md`).
+//! - [`TlsTransport`]: an [`opsdata::Transport`] over mutual TLS (rustls),
+//!   speaking the wire protocol of `docs/WIRE.md`.
+//! - [`ObjectStoreBlobs`]: an [`opsdata::BlobStore`] over `object_store`
+//!   (Azure Blob, S3, GCS, local filesystem), each tenant under its own
+//!   prefix.
+#![forbid(unsafe_code)]
+
+mod wire;
+
+pub use wire::{ACK_LEN, ACK_MAGIC, Ack, WireError};
