@@ -1367,3 +1367,70 @@ impl Drop for ServiceHandle {
         self.stop_inner();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_validated() {
+        let s = Duration::from_secs(1);
+        assert!(matches!(
+            Timeouts::new(Duration::ZERO, s, s),
+            Err(TlsError::Timeout {
+                setting: "connect timeout"
+            })
+        ));
+        assert!(matches!(
+            Timeouts::new(s, s, MAX_TIMEOUT + s),
+            Err(TlsError::Timeout {
+                setting: "write timeout"
+            })
+        ));
+        assert!(Timeouts::new(s, s, MAX_TIMEOUT).is_ok());
+        let d = ServiceSettings::default();
+        assert!(d.with_read_timeout(Duration::ZERO).is_err());
+        assert!(d.with_frame_timeout(MAX_TIMEOUT + s).is_err());
+        assert!(matches!(
+            d.with_max_connections(0),
+            Err(TlsError::Zero { .. })
+        ));
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let root = CertificateDer::from(vec![0x30, 0x00]);
+        assert!(matches!(
+            TransportSettings::new(addr, "not a name!", vec![root.clone()]),
+            Err(TlsError::ServerName(_))
+        ));
+        assert!(matches!(
+            TransportSettings::new(addr, "localhost", vec![]),
+            Err(TlsError::NoCertificates(_))
+        ));
+        assert!(TransportSettings::new(addr, "127.0.0.1", vec![root]).is_ok());
+        assert!(matches!(
+            TlsIdentity::new(vec![], PrivateKeyDer::Pkcs8(vec![1, 2, 3].into())),
+            Err(TlsError::NoCertificates(_))
+        ));
+    }
+
+    #[test]
+    fn debug_does_not_print_the_key() {
+        let secret = vec![0x5a; 40];
+        let id = TlsIdentity::new(
+            vec![CertificateDer::from(vec![0x30, 0x00])],
+            PrivateKeyDer::Pkcs8(secret.clone().into()),
+        )
+        .unwrap();
+        let text = format!("{id:?}");
+        assert!(text.contains("redacted"));
+        assert!(!text.contains("90, 90"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_pem_file_is_a_typed_error() {
+        let missing = Path::new("/nonexistent/opsdata-io/agent.pem");
+        assert!(matches!(
+            load_certificates(missing),
+            Err(TlsError::Pem { .. })
+        ));
+    }
+}

@@ -473,3 +473,74 @@ fn garbage_and_a_stalled_peer_do_not_hold_the_service() {
     assert_eq!(svc.stats().bad_frames, 1);
     assert!(listed(&svc, tenant(WS_A)).is_empty());
 }
+
+#[test]
+fn an_ack_for_another_batch_is_transient_and_drops_the_connection() {
+    let pki = Pki::new();
+    // A server that answers every frame with an acknowledgement for
+    // another batch.
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![pki.service.der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.service.key_der.clone())),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Arc::new(server);
+    let thread = std::thread::spawn(move || {
+        let mut accepted = 0;
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(StdDuration::from_secs(10)))
+                .unwrap();
+            let mut tls = rustls::StreamOwned::new(
+                rustls::ServerConnection::new(server.clone()).unwrap(),
+                tcp,
+            );
+            let mut header = [0u8; 64];
+            if tls.read_exact(&mut header).is_err() {
+                continue;
+            }
+            accepted += 1;
+            let ack = Ack {
+                batch_id: Some(BatchId::from_random_bytes([9; 16])),
+                outcome: opsdata::Outcome::Delivered,
+            };
+            let _ = tls.write_all(&ack.encode());
+            let _ = tls.flush();
+            // Keep the connection until the agent drops it.
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest);
+        }
+        accepted
+    });
+    let mut t = transport(&pki, addr, &identity(&pki.agent(WS_A)));
+    let mut outbox = Outbox::new(DeliveryPolicy::default(), 1);
+    for f in records::frames(tenant(WS_A), pki.now, 0, &mut next_id)
+        .into_iter()
+        .take(2)
+    {
+        outbox.push(pki.now, f).unwrap();
+    }
+    for expected_connects in 1..=2 {
+        let tx = outbox.poll_transmit(pki.now).expect("due");
+        assert_eq!(t.send(pki.now, &tx), opsdata::Outcome::Transient);
+        assert!(!t.is_connected(), "dropped after a wrong acknowledgement");
+        let s = t.stats();
+        assert_eq!(
+            (s.connects, s.wrong_acks, s.failures),
+            (expected_connects, expected_connects, expected_connects)
+        );
+    }
+    assert!(matches!(
+        t.last_error(),
+        Some(opsdata_io::TlsError::AckMismatch { .. })
+    ));
+    assert_eq!(thread.join().unwrap(), 2);
+}
