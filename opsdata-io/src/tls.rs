@@ -205,7 +205,7 @@ impl TlsIdentity {
     }
 
     /// The agent's credential from the core (its certificate and PKCS#8
-    /// key). The key is copied into a buffer that is wiped when dropped.
+    /// key). The key is copied; this identity wipes its copy when dropped.
     #[must_use]
     pub fn from_credential(credential: &Credential) -> Self {
         let pkcs8 = credential.key().as_pkcs8().secret_pkcs8_der().to_vec();
@@ -237,8 +237,16 @@ impl TlsIdentity {
         &self.chain
     }
 
+    /// The chain and a copy of the key, for rustls, which parses the key
+    /// into its own signing key; the copy is not wiped by us.
     fn parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.chain.clone(), self.key.clone_key())
+    }
+}
+
+impl Drop for TlsIdentity {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
     }
 }
 
