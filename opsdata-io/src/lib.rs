@@ -10,6 +10,12 @@
 //!   prefix.
 #![forbid(unsafe_code)]
 
+mod tls;
 mod wire;
 
+pub use tls::{
+    Clock, ServiceConfig, ServiceEvent, ServiceHandle, ServiceSettings, ServiceState, ServiceStats,
+    Timeouts, TlsError, TlsIdentity, TlsService, TlsTransport, TransportSettings, TransportStats,
+    load_certificates,
+};
 pub use wire::{ACK_LEN, ACK_MAGIC, Ack, WireError};
