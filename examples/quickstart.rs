@@ -85,10 +85,17 @@ impl Transport for Service {
         else {
             return Outcome::Transient;
         };
+        // Apply every operation; one that fails is handed back, so the
+        // agent's retry is stored rather than taken for a duplicate.
+        let mut failed = false;
         while let Some(op) = self.ingest.poll_store() {
             if apply_store_op(&mut self.store, &op).is_err() {
-                return Outcome::Transient;
+                self.ingest.handle_store_failed(&op);
+                failed = true;
             }
+        }
+        if failed {
+            return Outcome::Transient;
         }
         match (report.answers.first(), report.stopped) {
             (Some(answer), None) => answer.outcome,

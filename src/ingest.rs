@@ -46,7 +46,9 @@ impl ObjectKey {
 
 /// What the host must do to tenant storage. Poll with
 /// [`Ingest::poll_store`] after each request and apply each before
-/// answering the agent, so `Delivered` is only said of stored data.
+/// answering the agent, so `Delivered` is only said of stored data. An
+/// operation that fails goes back to [`Ingest::handle_store_failed`], and
+/// its batch is answered [`Outcome::Transient`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 #[must_use]
@@ -255,9 +257,11 @@ struct Bucket {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TenantStats {
-    /// Frames stored.
+    /// Frames accepted for storage. A frame whose store failed
+    /// ([`Ingest::handle_store_failed`]) is also counted in
+    /// `store_failures`, and again here when its retry is accepted.
     pub frames: u64,
-    /// Records stored.
+    /// Records accepted for storage (as `frames`).
     pub records: u64,
     /// Uncompressed payload bytes stored.
     pub content_bytes: u64,
@@ -274,13 +278,18 @@ pub struct TenantStats {
     pub tenant_mismatches: u64,
     /// Records stored per data type.
     pub records_by_type: BTreeMap<DataType, u64>,
+    /// Store operations the host reported failed
+    /// ([`Ingest::handle_store_failed`]).
+    pub store_failures: u64,
 }
 
 /// The service-side ingest pipeline. See the module docs.
 ///
 /// **Drain contract**: after each [`handle_request`](Ingest::handle_request),
-/// apply every [`poll_store`](Ingest::poll_store) operation, then send the
-/// report's outcomes to the agent.
+/// apply every [`poll_store`](Ingest::poll_store) operation, handing each
+/// one that fails to [`handle_store_failed`](Ingest::handle_store_failed),
+/// then send the report's outcomes to the agent, [`Outcome::Transient`]
+/// for a batch whose store failed.
 #[derive(Debug)]
 pub struct Ingest {
     config: IngestConfig,
@@ -334,6 +343,24 @@ impl Ingest {
     /// The next storage operation.
     pub fn poll_store(&mut self) -> Option<StoreOp> {
         self.store.pop_front()
+    }
+
+    /// Tells the pipeline that `op` could not be applied: its batch is
+    /// forgotten by the de-duplication, so the agent's retry is stored
+    /// instead of being answered as a duplicate of data that was never
+    /// stored. Answer the batch [`Outcome::Transient`].
+    pub fn handle_store_failed(&mut self, op: &StoreOp) {
+        match op {
+            StoreOp::Put { tenant, object, .. } => {
+                let batch_id = object.batch_id();
+                if let Some(seen) = self.seen.get_mut(tenant)
+                    && seen.ids.remove(&batch_id)
+                {
+                    seen.order.retain(|id| *id != batch_id);
+                }
+                self.stats.entry(*tenant).or_default().store_failures += 1;
+            }
+        }
     }
 
     /// Ingests the bytes of one request from `principal`, sealing under

@@ -351,3 +351,37 @@ fn the_agents_outbox_understands_ingests_answers() {
     assert_eq!(outbox.held_batches(), 0);
     assert_eq!(store.list(a()).unwrap().len(), 3);
 }
+
+/// Regression: a batch whose store failed was remembered as seen, so the
+/// agent's retry was answered `Delivered` as a duplicate and never stored.
+#[test]
+fn regression_a_retry_after_a_failed_store_is_stored_not_taken_for_a_duplicate() {
+    let mut ingest = Ingest::new(IngestConfig::default());
+    let mut store = MemoryBlobStore::new();
+    let mut ring_a = ring(a(), 1);
+    let mut e = DeterministicEntropy::from_u64(2);
+    let f = frame(a(), DataType::Event, 7);
+    let first = ingest
+        .handle_request(t0(), &principal(a()), &mut ring_a, &mut e, f.as_bytes())
+        .unwrap();
+    assert_eq!(first.answers[0].outcome, Outcome::Delivered);
+    // The store fails: the host hands the operation back.
+    let op = ingest.poll_store().expect("a put");
+    ingest.handle_store_failed(&op);
+    assert!(ingest.poll_store().is_none());
+    assert_eq!(ingest.stats(a()).store_failures, 1);
+    // The agent retries (it was answered Transient): stored this time.
+    let retry = ingest
+        .handle_request(t0(), &principal(a()), &mut ring_a, &mut e, f.as_bytes())
+        .unwrap();
+    assert_eq!(retry.answers[0].outcome, Outcome::Delivered);
+    assert!(!retry.answers[0].duplicate, "a retry of an unstored batch");
+    let keys = stored(&mut ingest, &mut store);
+    assert_eq!(keys, vec![ObjectKey::for_batch(f.batch_id())]);
+    // And from now on it is a duplicate.
+    let again = ingest
+        .handle_request(t0(), &principal(a()), &mut ring_a, &mut e, f.as_bytes())
+        .unwrap();
+    assert!(again.answers[0].duplicate);
+    assert!(ingest.poll_store().is_none());
+}

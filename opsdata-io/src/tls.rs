@@ -1183,6 +1183,8 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         let mut store_error = None;
         while let Some(op) = st.ingest.poll_store() {
             if let Err(e) = apply_store_op(&mut st.store, &op) {
+                // Forgotten by the de-duplication, so the retry is stored.
+                st.ingest.handle_store_failed(&op);
                 store_error = Some(e.to_string());
             }
         }
