@@ -10,6 +10,10 @@
 //!   prefix.
 #![forbid(unsafe_code)]
 
+mod blobs;
 mod wire;
 
+#[cfg(feature = "azure")]
+pub use blobs::AzureBlobConfig;
+pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};
 pub use wire::{ACK_LEN, ACK_MAGIC, Ack, WireError};
