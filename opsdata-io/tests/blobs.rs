@@ -401,8 +401,28 @@ fn inside_an_async_runtime(mut s: ObjectStoreBlobs) {
         ));
         s
     });
+    // A spawn_blocking thread carries the runtime's context: refused too.
+    let s = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                assert!(matches!(
+                    s.list(a()),
+                    Err(BlobError::InsideAsyncRuntime { op: BlobOp::List })
+                ));
+                s
+            })
+            .await
+        })
+        .unwrap();
     // Back on a plain thread it works; nothing was written.
     assert_eq!(s.get(a(), key(80)).unwrap(), None);
+    // And from another plain thread (the store is Send + Sync).
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| assert!(s.list(a()).unwrap().is_empty()))
+            .join()
+            .unwrap();
+    });
     // Dropping one inside a runtime does not panic.
     rt.block_on(async move { drop(s) });
 }
