@@ -10,9 +10,13 @@
 //!   prefix.
 #![forbid(unsafe_code)]
 
+mod blobs;
 mod tls;
 mod wire;
 
+#[cfg(feature = "azure")]
+pub use blobs::AzureBlobConfig;
+pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};
 pub use tls::{
     Clock, ServiceConfig, ServiceEvent, ServiceHandle, ServiceSettings, ServiceState, ServiceStats,
     Timeouts, TlsError, TlsIdentity, TlsService, TlsTransport, TransportSettings, TransportStats,
