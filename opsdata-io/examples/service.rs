@@ -4,9 +4,18 @@
 //! certificate chaining to `<dir>/enrollment-ca.pem`, derives the agent's
 //! principal from it, runs the core's `Ingest` (tenant check, validation,
 //! de-duplication, sealing under the tenant's key, made on first sight) and
-//! stores into a `MemoryBlobStore`, answering each frame (`docs/WIRE.md`).
-//! Presents `<dir>/service.pem` + `<dir>/service.key`. Logs each connection
-//! and what it stores per tenant. Stop it with Ctrl-C.
+//! stores through an `ObjectStoreBlobs` (`object_store`), answering each
+//! frame (`docs/WIRE.md`). Presents `<dir>/service.pem` +
+//! `<dir>/service.key`. Logs each connection and what it stores per tenant.
+//! Stop it with Ctrl-C.
+//!
+//! Storage: the local directory `<dir>/blobs` (one folder per tenant), or,
+//! when `OPSDATA_AZURE_ACCOUNT`, `OPSDATA_AZURE_CONTAINER` and
+//! `OPSDATA_AZURE_KEY` are set, that Azure Blob Storage container
+//! (`OPSDATA_AZURE_ENDPOINT` overrides the endpoint, e.g. Azurite's
+//! `http://127.0.0.1:10000/devstoreaccount1`; plain HTTP is then allowed).
+//! The key rings live in memory only, so what one run stores cannot be
+//! opened by the next: a real service keeps them in a `KeyStore`.
 //!
 //! ```text
 //! cargo run -p opsdata-io --example certs -- <dir> <workspace-id>
@@ -23,8 +32,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use opsdata::{MemoryBlobStore, Outcome, RotationPolicy, SystemEntropy, TenantId};
-use opsdata_io::{ServiceConfig, ServiceEvent, TlsIdentity, TlsService, load_certificates};
+use opsdata::{Outcome, RotationPolicy, SystemEntropy, TenantId};
+use opsdata_io::{
+    AzureBlobConfig, ObjectStoreBlobs, ServiceConfig, ServiceEvent, TlsIdentity, TlsService,
+    load_certificates,
+};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,8 +50,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let enrollment_ca = load_certificates(&dir.join("enrollment-ca.pem"))?;
     let config =
         ServiceConfig::new(identity, enrollment_ca).with_provisioning(RotationPolicy::default());
-    // The one line to change for another store (any `opsdata::BlobStore`).
-    let store = MemoryBlobStore::new();
+    // Any `opsdata::BlobStore` will do; this one is `object_store`'s.
+    let store = open_store(dir)?;
 
     // Per tenant: frames and records stored.
     let stored: Mutex<BTreeMap<TenantId, (u64, u64)>> = Mutex::new(BTreeMap::new());
@@ -56,6 +68,32 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("listening on {}", listener.local_addr()?);
     service.spawn(listener)?.join();
     Ok(())
+}
+
+/// Azure Blob Storage if configured by the environment, else `<dir>/blobs`.
+fn open_store(dir: &Path) -> Result<ObjectStoreBlobs, Box<dyn Error>> {
+    let var = |name| std::env::var(name).ok();
+    let store = match (
+        var("OPSDATA_AZURE_ACCOUNT"),
+        var("OPSDATA_AZURE_CONTAINER"),
+        var("OPSDATA_AZURE_KEY"),
+    ) {
+        (Some(account), Some(container), Some(key)) => {
+            let mut config = AzureBlobConfig::new(account, container, key);
+            if let Some(endpoint) = var("OPSDATA_AZURE_ENDPOINT") {
+                let http = endpoint.starts_with("http://");
+                config = config.with_endpoint(endpoint).with_allow_http(http);
+            }
+            println!("storing in Azure Blob Storage: {config:?}");
+            ObjectStoreBlobs::azure(&config)?
+        }
+        _ => {
+            let blobs = dir.join("blobs");
+            println!("storing under {}", blobs.display());
+            ObjectStoreBlobs::local(blobs)?
+        }
+    };
+    Ok(store)
 }
 
 fn log(event: &ServiceEvent, stored: &Mutex<BTreeMap<TenantId, (u64, u64)>>) {
