@@ -196,6 +196,30 @@ impl IngestConfig {
         self.rate = rate;
         self
     }
+
+    /// The frame limits the decoder applies.
+    #[must_use]
+    pub fn limits(&self) -> FrameLimits {
+        self.limits
+    }
+
+    /// The record limits records are validated against.
+    #[must_use]
+    pub fn record_limits(&self) -> &RecordLimits {
+        &self.record_limits
+    }
+
+    /// How many accepted batch ids are remembered per tenant.
+    #[must_use]
+    pub fn dedupe_window(&self) -> usize {
+        self.dedupe_window
+    }
+
+    /// The per-tenant rate limit, if any.
+    #[must_use]
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate
+    }
 }
 
 /// How one frame of a request went.

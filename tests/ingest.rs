@@ -385,3 +385,19 @@ fn regression_a_retry_after_a_failed_store_is_stored_not_taken_for_a_duplicate()
     assert!(again.answers[0].duplicate);
     assert!(ingest.poll_store().is_none());
 }
+
+#[test]
+fn the_config_reads_back_what_was_set() {
+    let limits = FrameLimits::default().with_max_records(10).unwrap();
+    let rate = RateLimit::new(1000, 5000).unwrap();
+    let config = IngestConfig::default()
+        .with_limits(limits)
+        .with_dedupe_window(7)
+        .unwrap()
+        .with_rate_limit(Some(rate));
+    assert_eq!(config.limits(), limits);
+    assert_eq!(config.dedupe_window(), 7);
+    assert_eq!(config.rate_limit(), Some(rate));
+    assert_eq!(IngestConfig::default().dedupe_window(), 100_000);
+    assert_eq!(IngestConfig::default().rate_limit(), None);
+}
