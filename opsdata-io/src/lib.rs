@@ -10,6 +10,13 @@
 //!   prefix.
 #![forbid(unsafe_code)]
 
+mod spool;
 mod wire;
+
+pub use spool::{
+    CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, FileSpool, MARKER_LEN, MARKER_MAGIC, MOVE_LEN,
+    MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SpoolConfig, SpoolConfigError,
+    SpoolError, SpoolRecovery,
+};
 
 pub use wire::{ACK_LEN, ACK_MAGIC, Ack, WireError};
