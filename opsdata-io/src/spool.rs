@@ -414,8 +414,20 @@ struct SegInfo {
     live_bytes: u64,
 }
 
-/// A crash-safe [`Spool`] in a directory: see the [module docs](self) and
-/// `docs/SPOOL.md`.
+/// A crash-safe [`Spool`] in a directory (format: `docs/SPOOL.md`).
+///
+/// An append-only log of segments holding frames exactly as encoded and
+/// removal markers. [`persist`](Spool::persist) returns once the frame is
+/// `sync_data`'d (and the directory synced when it created a segment);
+/// [`remove`](Spool::remove) is not synced unless
+/// [`SpoolConfig::with_sync_removals`] asks, since a marker lost to a power
+/// failure only makes the agent resend the batch, which the service drops
+/// by its batch id. Segments whose frames are all removed are deleted after
+/// a checkpoint; the oldest segment is compacted when dead bytes pass the
+/// live ones, so disk use stays bounded (see
+/// [`SpoolConfig::outbox_limit_bytes`]). Memory: an index of live batch ids
+/// (about 100 bytes each); recovery and [`load`](Spool::load) read one entry
+/// at a time.
 ///
 /// ```
 /// use opsdata::Spool;
