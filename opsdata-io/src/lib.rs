@@ -11,12 +11,18 @@
 #![forbid(unsafe_code)]
 
 mod blobs;
+mod spool;
 mod tls;
 mod wire;
 
 #[cfg(feature = "azure")]
 pub use blobs::AzureBlobConfig;
 pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};
+pub use spool::{
+    CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, FileSpool, MARKER_LEN, MARKER_MAGIC, MOVE_LEN,
+    MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SpoolConfig, SpoolConfigError,
+    SpoolError, SpoolRecovery,
+};
 pub use tls::{
     Clock, ServiceConfig, ServiceEvent, ServiceHandle, ServiceSettings, ServiceState, ServiceStats,
     Timeouts, TlsError, TlsIdentity, TlsService, TlsTransport, TransportSettings, TransportStats,
