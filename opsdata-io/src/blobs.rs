@@ -154,6 +154,21 @@ pub enum BlobError {
         #[source]
         source: FrameError,
     },
+    /// A frame to store is outside the store's frame limits
+    /// ([`ObjectStoreBlobs::with_limits`]): stored, it could not be read
+    /// back, so it is refused before anything is written.
+    #[error(
+        "frame {object:?} of tenant {tenant} would not read back under the store's limits: {source}"
+    )]
+    Unreadable {
+        /// The tenant.
+        tenant: TenantId,
+        /// The object.
+        object: ObjectKey,
+        /// The failed check.
+        #[source]
+        source: FrameError,
+    },
     /// A stored object is a frame of another tenant or batch than the name
     /// it is stored under.
     #[error(
@@ -387,8 +402,9 @@ impl BlobStore for ObjectStoreBlobs {
     ///
     /// [`BlobError::WrongTenant`] if the frame's header names another
     /// tenant, [`BlobError::WrongObject`] if it names another batch than
-    /// `object`, both before anything is written;
-    /// [`BlobError::InsideAsyncRuntime`], [`BlobError::Store`].
+    /// `object`, [`BlobError::Unreadable`] if [`get`](BlobStore::get) could
+    /// not read it back under the store's limits, all before anything is
+    /// written; [`BlobError::InsideAsyncRuntime`], [`BlobError::Store`].
     fn put(&mut self, tenant: TenantId, object: ObjectKey, frame: &Frame) -> Result<(), BlobError> {
         // The store checks the tag too, at its own boundary.
         if frame.tenant() != tenant {
@@ -403,6 +419,16 @@ impl BlobStore for ObjectStoreBlobs {
                 found: frame.batch_id(),
             });
         }
+        // What `get` would refuse is refused now, so the host answers the
+        // agent Transient instead of Delivered for data it cannot read back
+        // (a service whose frame limits are larger than the store's).
+        Frame::decode(frame.as_bytes().clone(), &self.limits).map_err(|source| {
+            BlobError::Unreadable {
+                tenant,
+                object,
+                source,
+            }
+        })?;
         let path = self.object_path(tenant, object);
         let payload = PutPayload::from(frame.as_bytes().clone());
         self.block_on(BlobOp::Put, async {

@@ -441,6 +441,13 @@ fn with_small_limits_large_objects_are_not_read(s: ObjectStoreBlobs, raw: &Raw, 
     let mut s = s;
     s.delete(a(), key(90)).unwrap();
     assert!(!raw.exists(name.as_ref()));
+    // Regression: a frame past the store's limits was stored (and answered
+    // Delivered by a service) though `get` could never read it back.
+    let big = frame(a(), 91);
+    assert!(big.header().body_len > 64);
+    let err = s.put(a(), key(91), &big).unwrap_err();
+    assert!(matches!(err, BlobError::Unreadable { .. }), "{err:?}");
+    assert!(!raw.exists(s.object_path(a(), key(91)).as_ref()));
 }
 
 // ------------------------------------------------------ local filesystem
