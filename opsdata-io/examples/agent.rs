@@ -4,11 +4,12 @@
 //! workspace is the certificate's first CN), trusts the service through
 //! `<dir>/service-ca.pem`, and sends one batch of each data type (Alert,
 //! Configuration, Event, Metadata, Performance, State) through the core's
-//! `Agent` (an `Outbox` with a `MemorySpool`) and a `TlsTransport` to
-//! `[addr]` (default `127.0.0.1:4443`), expecting a certificate for
-//! `[server-name]` (default `localhost`). Prints the delivery events; exits
-//! with an error if a batch is still held (the service is unreachable: it
-//! would be retried on the policy's schedule).
+//! `Agent` (an `Outbox` over a `FileSpool` in `<dir>/spool`) and a
+//! `TlsTransport` to `[addr]` (default `127.0.0.1:4443`), expecting a
+//! certificate for `[server-name]` (default `localhost`). Prints the
+//! delivery events; exits with an error if a batch is still held (the
+//! service is unreachable). What is held stays in the spool: the next run
+//! recovers it and sends it first.
 //!
 //! ```text
 //! cargo run -p opsdata-io --example agent -- <dir> [addr] [server-name]
@@ -26,10 +27,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use opsdata::{
-    Agent, AgentKey, BatchId, Credential, DeliveryPolicy, MemorySpool, Outbox, SystemEntropy,
-    subject_ids,
+    Agent, AgentKey, BatchId, Credential, DeliveryPolicy, FrameLimits, SystemEntropy, subject_ids,
 };
-use opsdata_io::{Timeouts, TlsIdentity, TlsTransport, TransportSettings, load_certificates};
+use opsdata_io::{
+    FileSpool, SpoolConfig, Timeouts, TlsIdentity, TlsTransport, TransportSettings,
+    load_certificates,
+};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use uuid::Uuid;
@@ -66,13 +69,26 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?);
     let transport = TlsTransport::new(settings, &TlsIdentity::from_credential(&credential))?;
     let seed = u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into()?);
-    let mut agent = Agent::new(
-        Outbox::new(DeliveryPolicy::default(), seed),
-        transport,
-        MemorySpool::new(),
+    // The backlog on disk, at most 256 MiB of it; the outbox holds what the
+    // spool can keep within that bound.
+    let config = SpoolConfig::new(256 << 20)?;
+    let policy = DeliveryPolicy::default().with_limit_bytes(config.outbox_limit_bytes())?;
+    let (spool, found) = FileSpool::open(dir.join("spool"), config)?;
+    println!(
+        "spool: {} frame(s), {} byte(s) held from an earlier run; {} torn byte(s) cut, {} segment(s) moved aside",
+        found.frames,
+        found.held_bytes,
+        found.torn_bytes,
+        found.moved_aside.len()
     );
-
     let now = Utc::now();
+    // Sends what an earlier run left, before anything new.
+    let (mut agent, report) =
+        Agent::recover(policy, seed, now, transport, spool, &FrameLimits::default())?;
+    if report.recovered + report.dropped + report.skipped.len() > 0 {
+        println!("recovered: {report:?}");
+    }
+
     let mut next_id = || BatchId::from_random_bytes(*Uuid::new_v4().as_bytes());
     for frame in records::frames(tenant, now, 0, &mut next_id) {
         println!(
