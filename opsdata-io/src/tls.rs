@@ -30,8 +30,8 @@ use chrono::{DateTime, Utc};
 use opsdata::{
     AuthError, BatchId, BlobStore, Credential, DataType, Decoded, EnrollmentCa, Entropy,
     FIXED_HEADER_LEN, Frame, FrameDecoder, FrameError, FrameHeader, FrameLimits, Ingest,
-    IngestConfig, KeyCensus, KeyRing, Outcome, Principal, RotationPolicy, TenantId, TenantStats,
-    Transmit, Transport, apply_store_op,
+    IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore, Outcome, Principal, RotationPolicy,
+    TenantId, TenantStats, Transmit, Transport, WrappingKey, apply_store_op, load_ring, save_ring,
 };
 use rustls::client::ClientConnection;
 use rustls::server::{ServerConnection, WebPkiClientVerifier};
@@ -108,6 +108,10 @@ pub enum TlsError {
     /// The service is at its connection limit.
     #[error("too many connections")]
     TooManyConnections,
+    /// Provisioning key rings was asked for without a key store to keep
+    /// them in: what they seal could not be opened after a restart.
+    #[error("provisioning key rings needs a key store (ServiceConfig::with_key_store)")]
+    NoKeyStore,
 }
 
 fn timeout(setting: &'static str, d: Duration) -> Result<Duration, TlsError> {
@@ -642,6 +646,7 @@ pub struct ServiceConfig {
     settings: ServiceSettings,
     ingest: IngestConfig,
     provision: Option<RotationPolicy>,
+    keys: Option<KeyVault>,
 }
 
 impl ServiceConfig {
@@ -656,6 +661,7 @@ impl ServiceConfig {
             settings: ServiceSettings::default(),
             ingest: IngestConfig::default(),
             provision: None,
+            keys: None,
         }
     }
 
@@ -674,16 +680,101 @@ impl ServiceConfig {
         self
     }
 
-    /// Gives a tenant without a key ring a new one, with its first key
-    /// generated and promoted under `policy`, when its first frame arrives.
-    /// Without this, such a tenant's frames are answered transient until a
-    /// ring is added with [`ServiceState::add_ring`].
+    /// Keeps the tenants' key rings in `store`, sealed under `wrapping`
+    /// (`docs/KEYS.md` of the core). On a tenant's first frame the service
+    /// loads its ring from the store; a ring it provisions is saved before
+    /// anything is sealed with it, and saved again after each seal (the
+    /// ring counts the data keys each version wrapped, against its hard
+    /// limit) and each rotation. A frame whose ring cannot be loaded or
+    /// saved is answered transient.
+    #[must_use]
+    pub fn with_key_store<S>(mut self, store: S, wrapping: WrappingKey) -> Self
+    where
+        S: KeyStore + Send + 'static,
+    {
+        self.keys = Some(KeyVault {
+            store: Box::new(Erased(store)),
+            wrapping,
+        });
+        self
+    }
+
+    /// Gives a tenant without a key ring (in memory or in the key store) a
+    /// new one, with its first key generated and promoted under `policy`,
+    /// when its first frame arrives, and rotates its keys forward under
+    /// `policy` (new versions generated and promoted when due, checked at
+    /// most once a minute per tenant). Needs a key store
+    /// ([`with_key_store`](ServiceConfig::with_key_store)): a ring kept
+    /// only in memory would leave everything it sealed unreadable after a
+    /// restart.
+    ///
+    /// Retiring, disabling and destroying versions is left to the
+    /// operator: it needs a census of the stored frames the service does
+    /// not keep.
+    ///
+    /// Without provisioning, a tenant with no ring in the key store gets
+    /// its frames answered transient until a ring is added with
+    /// [`ServiceState::add_ring`].
     #[must_use]
     pub fn with_provisioning(mut self, policy: RotationPolicy) -> Self {
         self.provision = Some(policy);
         self
     }
 }
+
+/// A key store's error, its type erased so the service is not generic over
+/// the store.
+#[derive(Debug)]
+struct KeyStoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for KeyStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for KeyStoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A [`KeyStore`] with its error erased.
+struct Erased<S>(S);
+
+impl<S: KeyStore> KeyStore for Erased<S> {
+    type Error = KeyStoreError;
+
+    fn put(&mut self, tenant: TenantId, sealed: &[u8]) -> Result<(), KeyStoreError> {
+        self.0
+            .put(tenant, sealed)
+            .map_err(|e| KeyStoreError(Box::new(e)))
+    }
+
+    fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.0.get(tenant).map_err(|e| KeyStoreError(Box::new(e)))
+    }
+}
+
+type DynKeyStore = Box<dyn KeyStore<Error = KeyStoreError> + Send>;
+
+/// The key store and the wrapping key its rings are sealed under.
+struct KeyVault {
+    store: DynKeyStore,
+    wrapping: WrappingKey,
+}
+
+impl fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // WrappingKey's Debug shows its id only.
+        f.debug_struct("KeyVault")
+            .field("wrapping", &self.wrapping)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a tenant's ring is checked against the rotation policy.
+const ROTATION_CHECK: chrono::Duration = chrono::Duration::minutes(1);
 
 /// What the service does, for logs and tests; set an observer with
 /// [`TlsService::with_observer`].
@@ -742,6 +833,9 @@ type Observer = Arc<dyn Fn(&ServiceEvent) + Send + Sync>;
 pub struct ServiceState<B> {
     ingest: Ingest,
     rings: HashMap<TenantId, KeyRing>,
+    /// When each tenant's ring was last checked against the rotation policy.
+    rotation_checked: HashMap<TenantId, DateTime<Utc>>,
+    keys: Option<KeyVault>,
     store: B,
     entropy: Box<dyn Entropy + Send>,
 }
@@ -751,6 +845,7 @@ impl<B: fmt::Debug> fmt::Debug for ServiceState<B> {
         f.debug_struct("ServiceState")
             .field("ingest", &self.ingest)
             .field("tenants_with_rings", &self.rings.len())
+            .field("keys", &self.keys)
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
@@ -786,7 +881,9 @@ impl<B> ServiceState<B> {
         self.rings.get(&tenant)
     }
 
-    /// Adds (or replaces) a tenant's key ring.
+    /// Adds (or replaces) a tenant's key ring, in memory: with a key
+    /// store, save it there too (the service saves it again after each
+    /// seal).
     pub fn add_ring(&mut self, ring: KeyRing) {
         self.rings.insert(ring.tenant(), ring);
     }
@@ -877,6 +974,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     ///
     /// # Errors
     ///
+    /// [`TlsError::NoKeyStore`] for provisioning without a key store;
     /// [`TlsError::NoCertificates`] without an enrollment CA;
     /// [`TlsError::Auth`] or [`TlsError::Rustls`] if a CA certificate is
     /// unusable; [`TlsError::Verifier`] if rustls cannot build the client
@@ -893,7 +991,11 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             settings,
             ingest,
             provision,
+            keys,
         } = config;
+        if provision.is_some() && keys.is_none() {
+            return Err(TlsError::NoKeyStore);
+        }
         let roots = root_store(&enrollment_ca, "enrollment CA")?;
         let ca = EnrollmentCa::new(&enrollment_ca)?;
         let provider = provider();
@@ -915,6 +1017,8 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             state: Mutex::new(ServiceState {
                 ingest: Ingest::new(ingest.with_limits(settings.limits)),
                 rings: HashMap::new(),
+                rotation_checked: HashMap::new(),
+                keys,
                 store,
                 entropy,
             }),
@@ -1157,16 +1261,11 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         frame: &Frame,
     ) -> (Outcome, bool, Option<String>) {
         let tenant = principal.tenant();
-        if !st.rings.contains_key(&tenant) {
-            let Some(policy) = &self.provision else {
-                return (Outcome::Transient, false, Some("no key ring".into()));
-            };
-            match provision_ring(tenant, policy, &mut *st.entropy, now) {
-                Ok(ring) => {
-                    st.rings.insert(tenant, ring);
-                }
-                Err(e) => return (Outcome::Transient, false, Some(e)),
-            }
+        if let Err(e) = self.ensure_ring(st, tenant, now) {
+            return (Outcome::Transient, false, Some(e));
+        }
+        if let Err(e) = self.rotate(st, tenant, now) {
+            return (Outcome::Transient, false, Some(e));
         }
         let Some(ring) = st.rings.get_mut(&tenant) else {
             return (Outcome::Transient, false, Some("no key ring".into()));
@@ -1180,12 +1279,25 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 Err(e) => return (Outcome::Transient, false, Some(e.to_string())),
             };
         // Drain every operation (the drain contract), noting any failure.
-        let mut store_error = None;
-        while let Some(op) = st.ingest.poll_store() {
-            if let Err(e) = apply_store_op(&mut st.store, &op) {
+        let ops: Vec<_> = std::iter::from_fn(|| st.ingest.poll_store()).collect();
+        // Each seal counted a data key against the ring's hard limit: the
+        // ring is saved before anything it sealed is stored, so the count
+        // survives a restart.
+        let mut store_error = if ops.is_empty() {
+            None
+        } else {
+            save_tenant_ring(st, tenant).err()
+        };
+        for op in ops {
+            let result = match &store_error {
+                Some(_) => Err(()),
+                None => apply_store_op(&mut st.store, &op).map_err(|e| {
+                    store_error = Some(e.to_string());
+                }),
+            };
+            if result.is_err() {
                 // Forgotten by the de-duplication, so the retry is stored.
                 st.ingest.handle_store_failed(&op);
-                store_error = Some(e.to_string());
             }
         }
         if let Some(e) = store_error {
@@ -1226,6 +1338,97 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             accept: Some(accept),
         })
     }
+}
+
+impl<B: BlobStore + Send + 'static> TlsService<B> {
+    /// Makes sure `tenant` has a ring in memory: loaded from the key store,
+    /// or provisioned and saved there before anything is sealed with it.
+    fn ensure_ring(
+        &self,
+        st: &mut ServiceState<B>,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        if st.rings.contains_key(&tenant) {
+            return Ok(());
+        }
+        if let Some(vault) = &st.keys {
+            // A ring that cannot be read is not replaced: what it sealed
+            // would be lost for good.
+            let loaded = load_ring(&*vault.store, tenant, &vault.wrapping)
+                .map_err(|e| format!("loading the key ring: {e}"))?;
+            if let Some(ring) = loaded {
+                st.rings.insert(tenant, ring);
+                return Ok(());
+            }
+        }
+        let (Some(policy), Some(vault)) = (&self.provision, &mut st.keys) else {
+            return Err("no key ring".into());
+        };
+        let ring = provision_ring(tenant, policy, &mut *st.entropy, now)?;
+        save_ring(&mut *vault.store, &ring, &vault.wrapping, &mut *st.entropy)
+            .map_err(|e| format!("saving the new key ring: {e}"))?;
+        st.rings.insert(tenant, ring);
+        st.rotation_checked.insert(tenant, now);
+        Ok(())
+    }
+
+    /// Rotates `tenant`'s ring forward if the policy says so (checked at
+    /// most once per [`ROTATION_CHECK`]): the actions are applied to a
+    /// copy, which replaces the ring only once it is saved.
+    fn rotate(
+        &self,
+        st: &mut ServiceState<B>,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let (Some(policy), Some(vault)) = (&self.provision, &mut st.keys) else {
+            return Ok(());
+        };
+        if st
+            .rotation_checked
+            .get(&tenant)
+            .is_some_and(|t| now >= *t && now - *t < ROTATION_CHECK)
+        {
+            return Ok(());
+        }
+        let Some(ring) = st.rings.get(&tenant) else {
+            return Ok(());
+        };
+        let due: Vec<KeyAction> = policy
+            .evaluate(ring, &KeyCensus::new(), now)
+            .into_iter()
+            .filter(|a| matches!(a, KeyAction::GenerateKey { .. } | KeyAction::Promote { .. }))
+            .collect();
+        if due.is_empty() {
+            st.rotation_checked.insert(tenant, now);
+            return Ok(());
+        }
+        let entropy = &mut *st.entropy;
+        let mut copy = ring
+            .to_sealed(&vault.wrapping, entropy)
+            .and_then(|b| KeyRing::from_sealed(&b, tenant, &vault.wrapping))
+            .map_err(|e| format!("rotating the key ring: {e}"))?;
+        for action in &due {
+            let _applied = copy
+                .apply(action, entropy, now)
+                .map_err(|e| format!("rotating the key ring: {e}"))?;
+        }
+        save_ring(&mut *vault.store, &copy, &vault.wrapping, entropy)
+            .map_err(|e| format!("saving the rotated key ring: {e}"))?;
+        st.rings.insert(tenant, copy);
+        st.rotation_checked.insert(tenant, now);
+        Ok(())
+    }
+}
+
+/// Saves `tenant`'s ring to the key store, if there is one.
+fn save_tenant_ring<B>(st: &mut ServiceState<B>, tenant: TenantId) -> Result<(), String> {
+    let (Some(vault), Some(ring)) = (&mut st.keys, st.rings.get(&tenant)) else {
+        return Ok(());
+    };
+    save_ring(&mut *vault.store, ring, &vault.wrapping, &mut *st.entropy)
+        .map_err(|e| format!("saving the key ring: {e}"))
 }
 
 fn provision_ring(

@@ -25,8 +25,9 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use opsdata::{
     Agent, AgentKey, BatchId, Credential, DataType, DeliveryEvent, DeliveryPolicy, DropReason,
-    EnrollmentCa, Frame, FrameLimits, MemoryBlobStore, MemorySpool, ObjectKey, Outbox,
-    RotationPolicy, SystemEntropy, TenantId, Transport, read_back,
+    EnrollmentCa, Frame, FrameLimits, KeyMaterial, KeyStore, MemoryBlobStore, MemoryKeyStore,
+    MemorySpool, ObjectKey, Outbox, RotationPolicy, SystemEntropy, TenantId, Transport,
+    WrappingKey, read_back,
 };
 use opsdata_io::{
     Ack, ServiceConfig, ServiceHandle, ServiceSettings, Timeouts, TlsIdentity, TlsService,
@@ -101,7 +102,31 @@ fn identity(issued: &pki::Issued) -> TlsIdentity {
 
 type Service = Arc<TlsService<MemoryBlobStore>>;
 
+/// A key store shared between services (a restart keeps it).
+#[derive(Clone, Default)]
+struct SharedKeys(Arc<std::sync::Mutex<MemoryKeyStore>>);
+
+impl KeyStore for SharedKeys {
+    type Error = std::convert::Infallible;
+
+    fn put(&mut self, tenant: TenantId, sealed: &[u8]) -> Result<(), Self::Error> {
+        self.0.lock().unwrap().put(tenant, sealed)
+    }
+
+    fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.0.lock().unwrap().get(tenant)
+    }
+}
+
+fn wrapping_key() -> WrappingKey {
+    WrappingKey::new(1, KeyMaterial::from_bytes([7; 32]))
+}
+
 fn service(pki: &Pki, clock: &FakeClock) -> Service {
+    service_over(pki, clock, SharedKeys::default(), MemoryBlobStore::new())
+}
+
+fn service_over(pki: &Pki, clock: &FakeClock, keys: SharedKeys, blobs: MemoryBlobStore) -> Service {
     let settings = ServiceSettings::default()
         .with_read_timeout(StdDuration::from_secs(2))
         .unwrap()
@@ -111,16 +136,9 @@ fn service(pki: &Pki, clock: &FakeClock) -> Service {
         .unwrap();
     let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
         .with_settings(settings)
+        .with_key_store(keys, wrapping_key())
         .with_provisioning(RotationPolicy::default());
-    Arc::new(
-        TlsService::new(
-            config,
-            MemoryBlobStore::new(),
-            Box::new(SystemEntropy::new()),
-            clock.clock(),
-        )
-        .unwrap(),
-    )
+    Arc::new(TlsService::new(config, blobs, Box::new(SystemEntropy::new()), clock.clock()).unwrap())
 }
 
 fn listen(service: &Service, addr: SocketAddr) -> ServiceHandle {
@@ -543,4 +561,68 @@ fn an_ack_for_another_batch_is_transient_and_drops_the_connection() {
         Some(opsdata_io::TlsError::AckMismatch { .. })
     ));
     assert_eq!(thread.join().unwrap(), 2);
+}
+
+#[test]
+fn regression_rings_are_kept_in_the_key_store_and_a_restarted_service_opens_what_it_stored() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let a = tenant(WS_A);
+    let frames = records::frames(a, pki.now, 0, &mut next_id);
+
+    // The first service provisions A's ring, stores every frame, stops.
+    let svc = service_over(&pki, &clock, keys.clone(), MemoryBlobStore::new());
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let mut first = agent(
+        transport(&pki, handle.addr(), &identity(&pki.agent(WS_A))),
+        DeliveryPolicy::default(),
+    );
+    for f in &frames {
+        first.push(pki.now, f.clone()).unwrap();
+    }
+    assert_eq!(first.outbox().held_batches(), 0, "{:?}", events(&mut first));
+    handle.stop();
+    let blobs = svc.lock().store().clone();
+    let usage_before = svc.lock().ring(a).unwrap().primary().unwrap().usage;
+    drop(svc);
+    assert!(keys.get(a).unwrap().is_some(), "the ring was saved");
+
+    // A new service over the same stores: it loads the ring instead of
+    // provisioning another, and everything stored before opens.
+    let svc = service_over(&pki, &clock, keys.clone(), blobs);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let mut second = agent(
+        transport(&pki, handle.addr(), &identity(&pki.agent(WS_A))),
+        DeliveryPolicy::default(),
+    );
+    let more = records::frames(a, pki.now, 1, &mut next_id);
+    second.push(pki.now, more[0].clone()).unwrap();
+    assert_eq!(second.outbox().held_batches(), 0);
+    handle.stop();
+    let limits = FrameLimits::default();
+    for f in frames.iter().chain(&more[..1]) {
+        let back = stored(&svc, a, f.batch_id()).expect("stored and opened");
+        assert_eq!(back.records(&limits).unwrap(), f.records(&limits).unwrap());
+    }
+    // The usage counted before the restart was kept, and counts on.
+    let ring = svc.lock();
+    let primary = ring.ring(a).unwrap().primary().unwrap();
+    assert_eq!(primary.usage, usage_before + 1);
+    assert_eq!(usage_before, frames.len() as u64);
+}
+
+#[test]
+fn regression_provisioning_without_a_key_store_is_refused() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_provisioning(RotationPolicy::default());
+    let r = TlsService::new(
+        config,
+        MemoryBlobStore::new(),
+        Box::new(SystemEntropy::new()),
+        clock.clock(),
+    );
+    assert!(matches!(r, Err(opsdata_io::TlsError::NoKeyStore)));
 }
