@@ -142,8 +142,10 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// Timeouts to connect, and for each read (an acknowledgement, a
-    /// handshake message) and each write.
+    /// Timeouts to connect (the TCP connect and the TLS handshake
+    /// together), to read one acknowledgement (in all, however its bytes
+    /// arrive; each handshake read is also bounded by it), and for each
+    /// write.
     ///
     /// # Errors
     ///
@@ -162,7 +164,7 @@ impl Timeouts {
         self.connect
     }
 
-    /// The timeout of each read.
+    /// The timeout of one acknowledgement (and of each handshake read).
     #[must_use]
     pub fn read(&self) -> Duration {
         self.read
@@ -372,7 +374,7 @@ pub struct TransportStats {
     pub wrong_acks: u64,
 }
 
-type ClientStream = StreamOwned<ClientConnection, TcpStream>;
+type ClientStream = StreamOwned<ClientConnection, DeadlineStream>;
 
 /// An [`opsdata::Transport`] over mutual TLS: see the module docs.
 ///
@@ -455,16 +457,20 @@ impl TlsTransport {
     fn connect(&mut self) -> Result<ClientStream, TlsError> {
         let t = self.settings.timeouts;
         let attempt = || -> Result<ClientStream, TlsError> {
+            // The connect timeout bounds the TCP connect and the handshake
+            // together.
+            let deadline = Instant::now() + t.connect;
             let tcp = TcpStream::connect_timeout(&self.settings.addr, t.connect)?;
-            tcp.set_read_timeout(Some(t.read))?;
-            tcp.set_write_timeout(Some(t.write))?;
             tcp.set_nodelay(true)?;
+            let mut sock = DeadlineStream::new(tcp, t.read, t.write);
+            sock.set_deadline(Some(deadline));
             let conn =
                 ClientConnection::new(self.config.clone(), self.settings.server_name.clone())?;
-            let mut stream = StreamOwned::new(conn, tcp);
+            let mut stream = StreamOwned::new(conn, sock);
             while stream.conn.is_handshaking() {
                 stream.conn.complete_io(&mut stream.sock)?;
             }
+            stream.sock.set_deadline(None);
             Ok(stream)
         };
         match attempt() {
@@ -480,9 +486,15 @@ impl TlsTransport {
     }
 
     fn exchange(&mut self, conn: &mut ClientStream, tx: &Transmit) -> Result<Outcome, TlsError> {
+        // Each write of the frame is bounded by the write timeout; the
+        // whole acknowledgement by the read timeout.
+        conn.sock.set_deadline(None);
         conn.write_all(tx.frame.as_bytes())?;
         conn.flush()?;
+        conn.sock
+            .set_deadline(Some(Instant::now() + self.settings.timeouts.read));
         let ack = Ack::read_from(conn)?;
+        conn.sock.set_deadline(None);
         if ack.batch_id != Some(tx.batch_id) {
             self.stats.wrong_acks += 1;
             return Err(TlsError::AckMismatch {
@@ -519,6 +531,70 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// A socket whose reads and writes end at a deadline, not only after a
+/// per-call timeout: before each call the socket's timeout is set to the
+/// shorter of the per-call timeout and what is left until the deadline,
+/// and once the deadline has passed every call fails with
+/// [`io::ErrorKind::TimedOut`]. rustls keeps reading while each read brings
+/// a byte (a handshake message, a TLS record), so a per-call timeout alone
+/// lets a peer trickling one byte per timeout hold a connection for ever.
+#[derive(Debug)]
+struct DeadlineStream {
+    tcp: TcpStream,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl DeadlineStream {
+    fn new(tcp: TcpStream, read_timeout: Duration, write_timeout: Duration) -> Self {
+        DeadlineStream {
+            tcp,
+            read_timeout,
+            write_timeout,
+            deadline: None,
+        }
+    }
+
+    /// Calls after `deadline` fail; `None`: only the per-call timeouts.
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// The timeout for the next call, or `TimedOut` past the deadline.
+    fn budget(&self, per_call: Duration) -> io::Result<Duration> {
+        let Some(deadline) = self.deadline else {
+            return Ok(per_call);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        // A zero socket timeout is refused by std; a millisecond is the least.
+        Ok(per_call.min(left).max(Duration::from_millis(1)))
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = self.budget(self.read_timeout)?;
+        self.tcp.set_read_timeout(Some(t))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = self.budget(self.write_timeout)?;
+        self.tcp.set_write_timeout(Some(t))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 impl Transport for TlsTransport {
     fn send(&mut self, _now: DateTime<Utc>, transmit: &Transmit) -> Outcome {
         self.stats.sends += 1;
@@ -553,28 +629,34 @@ pub struct ServiceSettings {
     read_timeout: Duration,
     write_timeout: Duration,
     frame_timeout: Duration,
+    handshake_timeout: Duration,
     max_connections: usize,
+    max_handshakes: usize,
     limits: FrameLimits,
 }
 
 impl Default for ServiceSettings {
-    /// 60 s per read (an idle connection is closed after that), 30 s per
-    /// write, 5 minutes to receive one frame, 256 connections, the default
-    /// frame limits.
+    /// 60 s idle between frames, 30 s per write, 5 minutes to receive one
+    /// frame, 10 s for the handshake, 256 connections of which at most 64
+    /// still in their handshake, the default frame limits.
     fn default() -> Self {
         ServiceSettings {
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
             max_connections: 256,
+            max_handshakes: 64,
             limits: FrameLimits::default(),
         }
     }
 }
 
 impl ServiceSettings {
-    /// How long one read may wait: the handshake's messages, and between
-    /// frames (an idle connection is closed after this).
+    /// How long a connection may wait for the first byte of its next frame
+    /// (an idle connection is closed after this, however the peer trickles
+    /// TLS bytes that carry no data); also the longest any single read
+    /// waits.
     ///
     /// # Errors
     ///
@@ -594,8 +676,9 @@ impl ServiceSettings {
         Ok(self)
     }
 
-    /// How long the bytes of one frame may take to arrive, from its first
-    /// byte: a peer trickling bytes just under the read timeout is cut off.
+    /// How long the bytes of one frame may take to arrive in all, from its
+    /// first byte: a peer trickling bytes just under the read timeout is
+    /// closed when this has passed.
     ///
     /// # Errors
     ///
@@ -605,8 +688,19 @@ impl ServiceSettings {
         Ok(self)
     }
 
-    /// How many connections [`TlsService::spawn`] serves at once; more are
-    /// closed at once.
+    /// How long the TLS handshake may take in all, from the accept: a peer
+    /// trickling its handshake is closed when this has passed.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_handshake_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.handshake_timeout = timeout("handshake timeout", d)?;
+        Ok(self)
+    }
+
+    /// How many connections [`TlsService::spawn`] serves at once, before or
+    /// after the handshake, in all; more are closed at once.
     ///
     /// # Errors
     ///
@@ -618,6 +712,23 @@ impl ServiceSettings {
             });
         }
         self.max_connections = n;
+        Ok(self)
+    }
+
+    /// How many of the connections may still be in their handshake (not yet
+    /// authenticated) at once, so unauthenticated peers cannot take every
+    /// slot; more are closed at once. Capped by `max_connections`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_max_handshakes(mut self, n: usize) -> Result<Self, TlsError> {
+        if n == 0 {
+            return Err(TlsError::Zero {
+                setting: "max_handshakes",
+            });
+        }
+        self.max_handshakes = n;
         Ok(self)
     }
 
@@ -1061,10 +1172,16 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// a frame (answered, then the connection is closed);
     /// [`TlsError::FrameTimeout`] for a frame that took too long.
     pub fn serve_connection(&self, tcp: TcpStream) -> Result<u64, TlsError> {
+        self.serve(tcp, None)
+    }
+
+    /// [`serve_connection`](TlsService::serve_connection), releasing
+    /// `handshake` (a slot of the handshake cap) once the handshake ends.
+    fn serve(&self, tcp: TcpStream, handshake: Option<Held>) -> Result<u64, TlsError> {
         let peer = tcp.peer_addr().ok();
         let mut frames = 0;
         let mut authenticated = false;
-        let result = self.serve_inner(tcp, peer, &mut authenticated, &mut frames);
+        let result = self.serve_inner(tcp, peer, handshake, &mut authenticated, &mut frames);
         // A connection refused before authentication was reported as such.
         if authenticated {
             self.emit(ServiceEvent::Closed {
@@ -1080,24 +1197,24 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         &self,
         tcp: TcpStream,
         peer: Option<SocketAddr>,
+        handshake_slot: Option<Held>,
         authenticated: &mut bool,
         frames: &mut u64,
     ) -> Result<(), TlsError> {
-        tcp.set_read_timeout(Some(self.settings.read_timeout))?;
-        tcp.set_write_timeout(Some(self.settings.write_timeout))?;
+        let s = &self.settings;
+        let deadline = Instant::now() + s.handshake_timeout;
         tcp.set_nodelay(true)?;
+        let mut sock = DeadlineStream::new(tcp, s.read_timeout, s.write_timeout);
+        sock.set_deadline(Some(deadline));
         let conn = ServerConnection::new(self.config.clone())?;
-        let mut tls = StreamOwned::new(conn, tcp);
+        let mut tls = StreamOwned::new(conn, sock);
         let handshake = (|| -> Result<(), TlsError> {
-            let started = Instant::now();
             while tls.conn.is_handshaking() {
-                if started.elapsed() > self.settings.frame_timeout {
-                    return Err(TlsError::FrameTimeout);
-                }
                 tls.conn.complete_io(&mut tls.sock)?;
             }
             Ok(())
         })();
+        drop(handshake_slot);
         if let Err(e) = handshake {
             self.counters
                 .handshake_failures
@@ -1150,6 +1267,8 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                         batch_id: Some(frame.batch_id()),
                         outcome,
                     };
+                    tls.sock
+                        .set_deadline(Some(Instant::now() + self.settings.write_timeout));
                     tls.write_all(&ack.encode())?;
                     tls.flush()?;
                 }
@@ -1159,6 +1278,8 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                         batch_id,
                         outcome: Outcome::Rejected,
                     };
+                    tls.sock
+                        .set_deadline(Some(Instant::now() + self.settings.write_timeout));
                     // Best effort: the connection is closed either way.
                     let _ = tls.write_all(&ack.encode());
                     tls.conn.send_close_notify();
@@ -1172,15 +1293,22 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// Reads one frame, never past its end: each read asks for at most what
     /// the decoder still needs, so the decoder holds at most one frame (its
     /// limits refuse an oversized one from the header, before the body).
+    ///
+    /// The first byte must arrive within the read timeout (else the
+    /// connection is idle: an end), the whole frame within the frame
+    /// timeout of its first byte: both are deadlines on the socket, so
+    /// TLS bytes trickled without completing a record do not extend them.
     fn read_frame(
         &self,
-        tls: &mut StreamOwned<ServerConnection, TcpStream>,
+        tls: &mut StreamOwned<ServerConnection, DeadlineStream>,
         decoder: &mut FrameDecoder,
     ) -> Result<ReadFrame, TlsError> {
         let mut head = [0u8; FIXED_HEADER_LEN];
         let mut got = 0usize;
-        let mut started: Option<Instant> = None;
+        let mut started = false;
         let mut buf = vec![0u8; 16 << 10];
+        tls.sock
+            .set_deadline(Some(Instant::now() + self.settings.read_timeout));
         loop {
             let need = match decoder.poll_frame() {
                 Ok(Decoded::Frame(f)) => return Ok(ReadFrame::Frame(f)),
@@ -1200,9 +1328,6 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                     return Ok(ReadFrame::Bad(batch_id, e));
                 }
             };
-            if started.is_some_and(|s| s.elapsed() > self.settings.frame_timeout) {
-                return Err(TlsError::FrameTimeout);
-            }
             let want = need.clamp(1, buf.len());
             let n = match tls.read(&mut buf[..want]) {
                 Ok(0) if got == 0 => return Ok(ReadFrame::End),
@@ -1221,9 +1346,14 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 {
                     return Ok(ReadFrame::End);
                 }
+                Err(e) if is_timeout(&e) => return Err(TlsError::FrameTimeout),
                 Err(e) => return Err(e.into()),
             };
-            started.get_or_insert_with(Instant::now);
+            if !started {
+                started = true;
+                tls.sock
+                    .set_deadline(Some(Instant::now() + self.settings.frame_timeout));
+            }
             if got < FIXED_HEADER_LEN {
                 let k = n.min(FIXED_HEADER_LEN - got);
                 head[got..got + k].copy_from_slice(&buf[..k]);
@@ -1326,6 +1456,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             conns: Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
+            handshaking: Arc::new(AtomicUsize::new(0)),
         });
         let service = Arc::clone(self);
         let sh = Arc::clone(&shared);
@@ -1455,6 +1586,25 @@ struct Shared {
     conns: Mutex<HashMap<u64, TcpStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicUsize,
+    /// Connections still in their handshake.
+    handshaking: Arc<AtomicUsize>,
+}
+
+/// One unit of a counter, given back when dropped (a worker that panics
+/// gives it back too).
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(counter: &Arc<AtomicUsize>) -> Held {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Held(Arc::clone(counter))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1477,7 +1627,10 @@ fn accept_loop<B: BlobStore + Send + 'static>(
             continue;
         };
         lock(&shared.workers).retain(|w| !w.is_finished());
-        if shared.active.load(Ordering::SeqCst) >= service.settings.max_connections {
+        let settings = &service.settings;
+        if shared.active.load(Ordering::SeqCst) >= settings.max_connections
+            || shared.handshaking.load(Ordering::SeqCst) >= settings.max_handshakes
+        {
             service.counters.over_limit.fetch_add(1, Ordering::Relaxed);
             service.emit(ServiceEvent::Refused {
                 peer: tcp.peer_addr().ok(),
@@ -1492,12 +1645,13 @@ fn accept_loop<B: BlobStore + Send + 'static>(
             lock(&shared.conns).insert(id, clone);
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
+        let handshake = Held::take(&shared.handshaking);
         let svc = Arc::clone(service);
         let sh = Arc::clone(shared);
         let worker = std::thread::Builder::new()
             .name(format!("opsdata-conn-{id}"))
             .spawn(move || {
-                let _ = svc.serve_connection(tcp);
+                let _ = svc.serve(tcp, Some(handshake));
                 lock(&sh.conns).remove(&id);
                 sh.active.fetch_sub(1, Ordering::SeqCst);
             });

@@ -626,3 +626,153 @@ fn regression_provisioning_without_a_key_store_is_refused() {
     );
     assert!(matches!(r, Err(opsdata_io::TlsError::NoKeyStore)));
 }
+
+/// A service with a 1 s handshake and frame timeout and room for one
+/// handshake at a time.
+fn strict_service(pki: &Pki, clock: &FakeClock) -> Service {
+    let settings = ServiceSettings::default()
+        .with_read_timeout(StdDuration::from_secs(2))
+        .unwrap()
+        .with_frame_timeout(StdDuration::from_secs(1))
+        .unwrap()
+        .with_handshake_timeout(StdDuration::from_secs(1))
+        .unwrap()
+        .with_max_handshakes(1)
+        .unwrap();
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_settings(settings)
+        .with_key_store(SharedKeys::default(), wrapping_key())
+        .with_provisioning(RotationPolicy::default());
+    Arc::new(
+        TlsService::new(
+            config,
+            MemoryBlobStore::new(),
+            Box::new(SystemEntropy::new()),
+            clock.clock(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Writes `bytes` one at a time, 100 ms apart, until the peer closes (a
+/// write fails or a read sees the end); whether it did within `cap`.
+fn trickle_until_closed(tcp: &mut TcpStream, bytes: &[u8], cap: StdDuration) -> bool {
+    tcp.set_read_timeout(Some(StdDuration::from_millis(100)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    while start.elapsed() < cap {
+        if tcp.write_all(&bytes[i % bytes.len()..][..1]).is_err() {
+            return true;
+        }
+        i += 1;
+        let mut b = [0u8; 64];
+        match tcp.read(&mut b) {
+            Ok(0) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+            // An alert or other bytes: keep going until the close.
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+/// Sends `frame` through a fresh agent, retrying a few times (the
+/// service frees a slot just after closing its socket).
+fn deliver_eventually(pki: &Pki, addr: SocketAddr, frame: &Frame) -> bool {
+    let mut t = transport(pki, addr, &identity(&pki.agent(WS_A)));
+    let mut outbox = Outbox::new(DeliveryPolicy::default(), 1);
+    outbox.push(pki.now, frame.clone()).unwrap();
+    let tx = outbox.poll_transmit(pki.now).expect("due");
+    for _ in 0..50 {
+        if t.send(pki.now, &tx) == opsdata::Outcome::Delivered {
+            return true;
+        }
+        std::thread::sleep(StdDuration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn regression_a_trickled_handshake_is_closed_at_the_handshake_deadline() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = strict_service(&pki, &clock);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+
+    // A TLS record header announcing a 16 000-byte handshake message, then
+    // its bytes one by one: each read brings a byte well within the read
+    // timeout, so only a deadline on the whole handshake ends it.
+    let mut record = vec![0x16, 0x03, 0x01, 0x3e, 0x80, 0x01, 0x00, 0x3e, 0x7c];
+    record.extend(std::iter::repeat_n(0x03, 64));
+    let mut slow = TcpStream::connect(handle.addr()).unwrap();
+    // It holds the only handshake slot: an agent is refused meanwhile...
+    std::thread::sleep(StdDuration::from_millis(200));
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    let mut t = transport(&pki, handle.addr(), &identity(&pki.agent(WS_A)));
+    let mut outbox = Outbox::new(DeliveryPolicy::default(), 1);
+    outbox.push(pki.now, frame.clone()).unwrap();
+    let tx = outbox.poll_transmit(pki.now).expect("due");
+    assert_eq!(t.send(pki.now, &tx), opsdata::Outcome::Transient);
+    assert!(svc.stats().over_limit >= 1);
+    // ...until the service closes it (well before this 20 s cap).
+    assert!(
+        trickle_until_closed(&mut slow, &record, StdDuration::from_secs(20)),
+        "the trickling peer was not closed"
+    );
+    // The slot is free again: a real agent gets through.
+    assert!(deliver_eventually(&pki, handle.addr(), &frame));
+    handle.stop();
+    assert!(svc.stats().handshake_failures >= 1);
+}
+
+#[test]
+fn regression_a_frame_trickled_inside_a_tls_record_is_closed_at_the_frame_deadline() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = strict_service(&pki, &clock);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+
+    // An authenticated client: handshake done, then one frame sealed into a
+    // single TLS record whose bytes are written one by one.
+    let issued = pki.agent(WS_A);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates({
+        let mut r = rustls::RootCertStore::empty();
+        r.add(pki.service_ca.der.clone()).unwrap();
+        r
+    })
+    .with_client_auth_cert(
+        vec![issued.der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
+    )
+    .unwrap();
+    let mut tcp = TcpStream::connect(handle.addr()).unwrap();
+    tcp.set_read_timeout(Some(StdDuration::from_secs(5)))
+        .unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    conn.writer().write_all(frame.as_bytes()).unwrap();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    assert!(
+        trickle_until_closed(&mut tcp, &wire, StdDuration::from_secs(20)),
+        "the trickling peer was not closed"
+    );
+    // The frame never arrived whole, so nothing was stored.
+    assert!(listed(&svc, tenant(WS_A)).is_empty());
+    assert!(deliver_eventually(&pki, handle.addr(), &frame));
+    handle.stop();
+}
