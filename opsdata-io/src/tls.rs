@@ -16,7 +16,7 @@
 //! explicitly, so a process that also links ring never meets an ambiguous
 //! default provider.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -31,7 +31,8 @@ use opsdata::{
     AuthError, BatchId, BlobStore, Credential, DataType, Decoded, EnrollmentCa, Entropy,
     FIXED_HEADER_LEN, Frame, FrameDecoder, FrameError, FrameHeader, FrameLimits, Ingest,
     IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore, Outcome, Principal, RotationPolicy,
-    TenantId, TenantStats, Transmit, Transport, WrappingKey, apply_store_op, load_ring, save_ring,
+    StoreOp, TenantId, TenantStats, Transmit, Transport, WrappingKey, apply_store_op, load_ring,
+    save_ring,
 };
 use rustls::client::ClientConnection;
 use rustls::server::{ServerConnection, WebPkiClientVerifier};
@@ -941,28 +942,29 @@ type Observer = Arc<dyn Fn(&ServiceEvent) + Send + Sync>;
 
 /// The service's state behind its lock: the ingest pipeline, the tenants'
 /// key rings, the blob store and the entropy sealing draws from.
-pub struct ServiceState<B> {
+pub struct ServiceState {
     ingest: Ingest,
     rings: HashMap<TenantId, KeyRing>,
     /// When each tenant's ring was last checked against the rotation policy.
     rotation_checked: HashMap<TenantId, DateTime<Utc>>,
     keys: Option<KeyVault>,
-    store: B,
+    /// Batches sealed and being stored, outside the lock.
+    in_flight: HashSet<(TenantId, BatchId)>,
     entropy: Box<dyn Entropy + Send>,
 }
 
-impl<B: fmt::Debug> fmt::Debug for ServiceState<B> {
+impl fmt::Debug for ServiceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceState")
             .field("ingest", &self.ingest)
             .field("tenants_with_rings", &self.rings.len())
             .field("keys", &self.keys)
-            .field("store", &self.store)
+            .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
 }
 
-impl<B> ServiceState<B> {
+impl ServiceState {
     /// The ingest pipeline (its per-tenant stats and mismatch counters).
     #[must_use]
     pub fn ingest(&self) -> &Ingest {
@@ -973,17 +975,6 @@ impl<B> ServiceState<B> {
     #[must_use]
     pub fn stats(&self, tenant: TenantId) -> TenantStats {
         self.ingest.stats(tenant)
-    }
-
-    /// The blob store.
-    #[must_use]
-    pub fn store(&self) -> &B {
-        &self.store
-    }
-
-    /// The blob store, mutably.
-    pub fn store_mut(&mut self) -> &mut B {
-        &mut self.store
     }
 
     /// The key ring of `tenant`, if it has one.
@@ -1039,7 +1030,10 @@ pub struct TlsService<B> {
     provision: Option<RotationPolicy>,
     clock: Clock,
     observer: Option<Observer>,
-    state: Mutex<ServiceState<B>>,
+    state: Mutex<ServiceState>,
+    /// The blob store, behind a lock of its own: stores wait for each
+    /// other, not ingest (nor other tenants' frames being sealed).
+    store: Mutex<B>,
     counters: Counters,
 }
 
@@ -1068,6 +1062,17 @@ impl<B> TlsService<B> {
             over_limit: get(&c.over_limit),
         }
     }
+}
+
+/// What [`TlsService::prepare`] left to do.
+enum Prepared {
+    /// Nothing to store: answer this.
+    Answer(Outcome, bool, Option<String>),
+    /// Store these, then answer `answer` (transient if a store failed).
+    Store {
+        ops: Vec<StoreOp>,
+        answer: (Outcome, bool, Option<String>),
+    },
 }
 
 /// How one connection's frame reading ended.
@@ -1130,9 +1135,10 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 rings: HashMap::new(),
                 rotation_checked: HashMap::new(),
                 keys,
-                store,
+                in_flight: HashSet::new(),
                 entropy,
             }),
+            store: Mutex::new(store),
             counters: Counters::default(),
         })
     }
@@ -1148,8 +1154,15 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         self
     }
 
+    /// The blob store, locked. Connections storing a frame wait while it is
+    /// held; take it after [`lock`](TlsService::lock) if both are needed,
+    /// never before.
+    pub fn store(&self) -> MutexGuard<'_, B> {
+        lock(&self.store)
+    }
+
     /// The state, locked. Connections wait while it is held.
-    pub fn lock(&self) -> MutexGuard<'_, ServiceState<B>> {
+    pub fn lock(&self) -> MutexGuard<'_, ServiceState> {
         // A panic while the lock was held leaves the state as consistent as
         // the operation that panicked left it; keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -1364,13 +1377,44 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     }
 
     /// Runs one frame through ingest and storage; the outcome to answer.
+    ///
+    /// The state's lock is held to run ingest and save the ring, not while
+    /// the blob store stores: the batch is marked in flight meanwhile (a
+    /// retry of it is answered transient, not as a duplicate of data not
+    /// yet stored), and a failed store is handed back to ingest.
     fn ingest_frame(&self, principal: &Principal, frame: &Frame) -> Outcome {
         let now = (self.clock)();
         let tenant = principal.tenant();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let (outcome, duplicate, error) = self.ingest_locked(st, now, principal, frame);
-        drop(guard);
+        let prepared = self.prepare(&mut self.lock(), now, principal, frame);
+        let (outcome, duplicate, error) = match prepared {
+            Prepared::Answer(outcome, duplicate, error) => (outcome, duplicate, error),
+            Prepared::Store { ops, answer } => {
+                let mut failed = None;
+                {
+                    let mut store = self.store();
+                    for op in &ops {
+                        if let Err(e) = apply_store_op(&mut *store, op) {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                let mut st = self.lock();
+                st.in_flight.remove(&(tenant, frame.batch_id()));
+                if failed.is_some() {
+                    for op in &ops {
+                        // Forgotten by the de-duplication, so the retry is
+                        // stored.
+                        st.ingest.handle_store_failed(op);
+                    }
+                }
+                drop(st);
+                match failed {
+                    Some(e) => (Outcome::Transient, false, Some(e)),
+                    None => answer,
+                }
+            }
+        };
         self.emit(ServiceEvent::Frame {
             tenant,
             batch_id: frame.batch_id(),
@@ -1383,22 +1427,29 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         outcome
     }
 
-    fn ingest_locked(
+    /// Under the state's lock: the ring, ingest, the ring saved again; the
+    /// operations to store, their batches marked in flight.
+    fn prepare(
         &self,
-        st: &mut ServiceState<B>,
+        st: &mut ServiceState,
         now: DateTime<Utc>,
         principal: &Principal,
         frame: &Frame,
-    ) -> (Outcome, bool, Option<String>) {
+    ) -> Prepared {
         let tenant = principal.tenant();
+        let transient = |e: String| Prepared::Answer(Outcome::Transient, false, Some(e));
+        if st.in_flight.contains(&(tenant, frame.batch_id())) {
+            // Not a duplicate yet: its first copy is still being stored.
+            return transient("the batch is being stored by another connection".into());
+        }
         if let Err(e) = self.ensure_ring(st, tenant, now) {
-            return (Outcome::Transient, false, Some(e));
+            return transient(e);
         }
         if let Err(e) = self.rotate(st, tenant, now) {
-            return (Outcome::Transient, false, Some(e));
+            return transient(e);
         }
         let Some(ring) = st.rings.get_mut(&tenant) else {
-            return (Outcome::Transient, false, Some("no key ring".into()));
+            return transient("no key ring".into());
         };
         let report =
             match st
@@ -1406,41 +1457,33 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 .handle_request(now, principal, ring, &mut *st.entropy, frame.as_bytes())
             {
                 Ok(r) => r,
-                Err(e) => return (Outcome::Transient, false, Some(e.to_string())),
+                Err(e) => return transient(e.to_string()),
             };
-        // Drain every operation (the drain contract), noting any failure.
-        let ops: Vec<_> = std::iter::from_fn(|| st.ingest.poll_store()).collect();
-        // Each seal counted a data key against the ring's hard limit: the
-        // ring is saved before anything it sealed is stored, so the count
-        // survives a restart.
-        let mut store_error = if ops.is_empty() {
-            None
-        } else {
-            save_tenant_ring(st, tenant).err()
-        };
-        for op in ops {
-            let result = match &store_error {
-                Some(_) => Err(()),
-                None => apply_store_op(&mut st.store, &op).map_err(|e| {
-                    store_error = Some(e.to_string());
-                }),
-            };
-            if result.is_err() {
-                // Forgotten by the de-duplication, so the retry is stored.
-                st.ingest.handle_store_failed(&op);
-            }
-        }
-        if let Some(e) = store_error {
-            return (Outcome::Transient, false, Some(e));
-        }
-        match (report.answers.into_iter().next(), report.stopped) {
+        // Drain every operation (the drain contract).
+        let ops: Vec<StoreOp> = std::iter::from_fn(|| st.ingest.poll_store()).collect();
+        let answer = match (report.answers.into_iter().next(), report.stopped) {
             (Some(a), _) => (a.outcome, a.duplicate, a.error.map(|e| e.to_string())),
             // A tenant mismatch or a frame ingest could not read: bad data.
             (None, Some(e)) => (Outcome::Rejected, false, Some(e.to_string())),
             // One whole frame was passed, so ingest answers it or says why
             // not; if a later core did neither, let the agent retry.
             (None, None) => (Outcome::Transient, false, Some("no answer".into())),
+        };
+        if ops.is_empty() {
+            return Prepared::Answer(answer.0, answer.1, answer.2);
         }
+        // Each seal counted a data key against the ring's hard limit: the
+        // ring is saved before anything it sealed is stored, so the count
+        // survives a restart.
+        if let Err(e) = save_tenant_ring(st, tenant) {
+            for op in &ops {
+                st.ingest.handle_store_failed(op);
+            }
+            return transient(e);
+        }
+        // One frame per request: its batch is the one stored.
+        st.in_flight.insert((tenant, frame.batch_id()));
+        Prepared::Store { ops, answer }
     }
 
     /// Serves `listener` on a thread, each connection on a thread of its
@@ -1476,7 +1519,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// or provisioned and saved there before anything is sealed with it.
     fn ensure_ring(
         &self,
-        st: &mut ServiceState<B>,
+        st: &mut ServiceState,
         tenant: TenantId,
         now: DateTime<Utc>,
     ) -> Result<(), String> {
@@ -1509,7 +1552,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// copy, which replaces the ring only once it is saved.
     fn rotate(
         &self,
-        st: &mut ServiceState<B>,
+        st: &mut ServiceState,
         tenant: TenantId,
         now: DateTime<Utc>,
     ) -> Result<(), String> {
@@ -1554,7 +1597,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
 }
 
 /// Saves `tenant`'s ring to the key store, if there is one.
-fn save_tenant_ring<B>(st: &mut ServiceState<B>, tenant: TenantId) -> Result<(), String> {
+fn save_tenant_ring(st: &mut ServiceState, tenant: TenantId) -> Result<(), String> {
     let (Some(vault), Some(ring)) = (&mut st.keys, st.rings.get(&tenant)) else {
         return Ok(());
     };

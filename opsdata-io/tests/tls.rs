@@ -176,7 +176,7 @@ fn stored(service: &Service, tenant: TenantId, batch: BatchId) -> Option<Frame> 
     let st = service.lock();
     let ring = st.ring(tenant)?;
     read_back(
-        st.store(),
+        &*service.store(),
         tenant,
         ObjectKey::for_batch(batch),
         ring,
@@ -186,7 +186,7 @@ fn stored(service: &Service, tenant: TenantId, batch: BatchId) -> Option<Frame> 
 }
 
 fn listed(service: &Service, tenant: TenantId) -> Vec<ObjectKey> {
-    opsdata::BlobStore::list(service.lock().store(), tenant).unwrap()
+    opsdata::BlobStore::list(&*service.store(), tenant).unwrap()
 }
 
 #[test]
@@ -583,7 +583,7 @@ fn regression_rings_are_kept_in_the_key_store_and_a_restarted_service_opens_what
     }
     assert_eq!(first.outbox().held_batches(), 0, "{:?}", events(&mut first));
     handle.stop();
-    let blobs = svc.lock().store().clone();
+    let blobs = svc.store().clone();
     let usage_before = svc.lock().ring(a).unwrap().primary().unwrap().usage;
     drop(svc);
     assert!(keys.get(a).unwrap().is_some(), "the ring was saved");
@@ -775,4 +775,116 @@ fn regression_a_frame_trickled_inside_a_tls_record_is_closed_at_the_frame_deadli
     assert!(listed(&svc, tenant(WS_A)).is_empty());
     assert!(deliver_eventually(&pki, handle.addr(), &frame));
     handle.stop();
+}
+
+/// A blob store whose puts wait at a gate, then fail or succeed.
+#[derive(Clone, Default)]
+struct GatedStore {
+    inner: MemoryBlobStore,
+    /// (open, fail the puts): set by the test.
+    gate: Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+    entered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store refused")]
+struct Refused;
+
+impl opsdata::BlobStore for GatedStore {
+    type Error = Refused;
+
+    fn put(&mut self, tenant: TenantId, object: ObjectKey, frame: &Frame) -> Result<(), Refused> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let (m, cv) = &*self.gate;
+        let mut g = m.lock().unwrap();
+        while !g.0 {
+            g = cv.wait(g).unwrap();
+        }
+        if g.1 {
+            return Err(Refused);
+        }
+        self.inner.put(tenant, object, frame).map_err(|_| Refused)
+    }
+
+    fn get(&self, t: TenantId, o: ObjectKey) -> Result<Option<bytes::Bytes>, Refused> {
+        self.inner.get(t, o).map_err(|_| Refused)
+    }
+
+    fn list(&self, t: TenantId) -> Result<Vec<ObjectKey>, Refused> {
+        self.inner.list(t).map_err(|_| Refused)
+    }
+
+    fn delete(&mut self, t: TenantId, o: ObjectKey) -> Result<(), Refused> {
+        self.inner.delete(t, o).map_err(|_| Refused)
+    }
+}
+
+#[test]
+fn regression_a_slow_store_does_not_hold_the_state_and_an_in_flight_retry_is_transient() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let store = GatedStore::default();
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_key_store(SharedKeys::default(), wrapping_key())
+        .with_provisioning(RotationPolicy::default());
+    let svc = Arc::new(
+        TlsService::new(
+            config,
+            store.clone(),
+            Box::new(SystemEntropy::new()),
+            clock.clock(),
+        )
+        .unwrap(),
+    );
+    let handle = svc
+        .spawn(TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let addr = handle.addr();
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    let transmit = |f: &Frame| {
+        let mut o = Outbox::new(DeliveryPolicy::default(), 1);
+        o.push(pki.now, f.clone()).unwrap();
+        o.poll_transmit(pki.now).expect("due")
+    };
+    let tx = transmit(&frame);
+
+    // The first copy reaches the store and waits there.
+    let mut first = transport(&pki, addr, &identity(&pki.agent(WS_A)));
+    let tx1 = tx.clone();
+    let sender = std::thread::spawn(move || {
+        let outcome = first.send(pki.now, &tx1);
+        (outcome, first.stats())
+    });
+    while store.entered.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(StdDuration::from_millis(10));
+    }
+
+    // Meanwhile a retry of the same batch is answered (the state is not
+    // locked by the store), transient: it is not stored yet.
+    let mut second = transport(&pki, addr, &identity(&pki.agent(WS_A)));
+    assert_eq!(second.send(pki.now, &tx), opsdata::Outcome::Transient);
+    assert_eq!(second.stats().acked, 1, "{:?}", second.last_error());
+
+    // The store fails: the first copy is answered transient and the batch
+    // forgotten, so the retry is stored, not taken for a duplicate.
+    {
+        let (m, cv) = &*store.gate;
+        *m.lock().unwrap() = (true, true);
+        cv.notify_all();
+    }
+    let (outcome, stats) = sender.join().unwrap();
+    assert_eq!(outcome, opsdata::Outcome::Transient);
+    assert_eq!(stats.acked, 1);
+    {
+        let (m, _) = &*store.gate;
+        *m.lock().unwrap() = (true, false);
+    }
+    assert_eq!(second.send(pki.now, &tx), opsdata::Outcome::Delivered);
+    handle.stop();
+    let st = svc.lock().stats(tenant(WS_A));
+    assert_eq!((st.store_failures, st.duplicates), (1, 0));
+    assert_eq!(
+        opsdata::BlobStore::list(&*svc.store(), tenant(WS_A)).unwrap(),
+        vec![ObjectKey::for_batch(frame.batch_id())]
+    );
 }
