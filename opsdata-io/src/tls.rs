@@ -1393,8 +1393,17 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 {
                     let mut store = self.store();
                     for op in &ops {
-                        if let Err(e) = apply_store_op(&mut *store, op) {
-                            failed = Some(e.to_string());
+                        // A store that panics fails this frame like one that
+                        // errs: the batch must be handed back to ingest.
+                        let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            apply_store_op(&mut *store, op)
+                        }));
+                        match put {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => failed = Some(e.to_string()),
+                            Err(_) => failed = Some("the blob store panicked".into()),
+                        }
+                        if failed.is_some() {
                             break;
                         }
                     }
@@ -1633,6 +1642,20 @@ struct Shared {
     handshaking: Arc<AtomicUsize>,
 }
 
+/// A connection's slot: its socket's clone forgotten and the count of
+/// connections decremented when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.conns).remove(&self.id);
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One unit of a counter, given back when dropped (a worker that panics
 /// gives it back too).
 struct Held(Arc<AtomicUsize>);
@@ -1688,24 +1711,23 @@ fn accept_loop<B: BlobStore + Send + 'static>(
             lock(&shared.conns).insert(id, clone);
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
+        // Gives the slot back however the worker ends: normally, by a
+        // panic (an observer's, a store's), or not started at all (the
+        // closure holding it is dropped with a failed spawn).
+        let slot = Slot {
+            shared: Arc::clone(shared),
+            id,
+        };
         let handshake = Held::take(&shared.handshaking);
         let svc = Arc::clone(service);
-        let sh = Arc::clone(shared);
         let worker = std::thread::Builder::new()
             .name(format!("opsdata-conn-{id}"))
             .spawn(move || {
+                let _slot = slot;
                 let _ = svc.serve(tcp, Some(handshake));
-                lock(&sh.conns).remove(&id);
-                sh.active.fetch_sub(1, Ordering::SeqCst);
             });
-        match worker {
-            Ok(w) => lock(&shared.workers).push(w),
-            Err(_) => {
-                // The closure (and the stream) was dropped with the failed
-                // spawn: forget the connection.
-                lock(&shared.conns).remove(&id);
-                shared.active.fetch_sub(1, Ordering::SeqCst);
-            }
+        if let Ok(w) = worker {
+            lock(&shared.workers).push(w);
         }
     }
 }

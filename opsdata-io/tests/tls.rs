@@ -888,3 +888,38 @@ fn regression_a_slow_store_does_not_hold_the_state_and_an_in_flight_retry_is_tra
         vec![ObjectKey::for_batch(frame.batch_id())]
     );
 }
+
+#[test]
+fn regression_a_worker_that_panics_gives_its_connection_slot_back() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let settings = ServiceSettings::default().with_max_connections(1).unwrap();
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_settings(settings)
+        .with_key_store(SharedKeys::default(), wrapping_key())
+        .with_provisioning(RotationPolicy::default());
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = panicked.clone();
+    let svc = Arc::new(
+        TlsService::new(
+            config,
+            MemoryBlobStore::new(),
+            Box::new(SystemEntropy::new()),
+            clock.clock(),
+        )
+        .unwrap()
+        // The first connection's observer call panics.
+        .with_observer(move |e| {
+            if matches!(e, opsdata_io::ServiceEvent::Connected { .. })
+                && !p.swap(true, Ordering::SeqCst)
+            {
+                panic!("observer panics");
+            }
+        }),
+    );
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    assert!(deliver_eventually(&pki, handle.addr(), &frame));
+    assert!(panicked.load(Ordering::SeqCst));
+    handle.stop();
+}
