@@ -1689,7 +1689,9 @@ fn accept_loop<B: BlobStore + Send + 'static>(
         }
         let Ok(tcp) = stream else {
             // Accept errors (out of descriptors, a reset before accept)
-            // concern one connection; keep listening.
+            // concern one connection; keep listening, after a pause so an
+            // error that persists (EMFILE) does not spin the thread.
+            std::thread::sleep(Duration::from_millis(50));
             continue;
         };
         lock(&shared.workers).retain(|w| !w.is_finished());
