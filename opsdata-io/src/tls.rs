@@ -1709,8 +1709,16 @@ fn accept_loop<B: BlobStore + Send + 'static>(
         }
         next_id += 1;
         let id = next_id;
-        if let Ok(clone) = tcp.try_clone() {
-            lock(&shared.conns).insert(id, clone);
+        // A connection stop could not shut down could keep stop waiting
+        // for its thread: refuse it.
+        match tcp.try_clone() {
+            Ok(clone) => {
+                lock(&shared.conns).insert(id, clone);
+            }
+            Err(_) => {
+                let _ = tcp.shutdown(Shutdown::Both);
+                continue;
+            }
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
         // Gives the slot back however the worker ends: normally, by a
@@ -1783,8 +1791,16 @@ impl ServiceHandle {
         };
         self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the blocking accept; it sees the flag and returns, dropping
-        // the listener.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // the listener. A wildcard address is not one to connect to: the
+        // loopback of its family reaches the same listener.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         let _ = accept.join();
         for (_, c) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);

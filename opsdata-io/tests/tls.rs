@@ -923,3 +923,21 @@ fn regression_a_worker_that_panics_gives_its_connection_slot_back() {
     assert!(panicked.load(Ordering::SeqCst));
     handle.stop();
 }
+
+#[test]
+fn regression_stop_returns_for_a_service_listening_on_the_wildcard_address() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = service(&pki, &clock);
+    let handle = listen(&svc, "0.0.0.0:0".parse().unwrap());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        handle.stop();
+        let _ = done_tx.send(());
+    });
+    // Generous: stop returns at once when it can wake its accept.
+    assert!(
+        done_rx.recv_timeout(StdDuration::from_secs(10)).is_ok(),
+        "stop did not return"
+    );
+}
