@@ -1498,9 +1498,14 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// Serves `listener` on a thread, each connection on a thread of its
     /// own, until the handle is stopped or dropped.
     ///
+    /// Dropping the returned handle stops the service at once: keep it, and
+    /// [`ServiceHandle::stop`] or [`ServiceHandle::join`] it.
+    ///
     /// # Errors
     ///
-    /// [`TlsError::Io`] if the listener's address cannot be read.
+    /// [`TlsError::Io`] if the listener's address cannot be read or the
+    /// accept thread cannot be started (the listener is then closed).
+    #[must_use = "dropping the handle stops the service at once"]
     pub fn spawn(self: &Arc<Self>, listener: TcpListener) -> Result<ServiceHandle, TlsError> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -1744,6 +1749,7 @@ fn accept_loop<B: BlobStore + Send + 'static>(
 
 /// A running [`TlsService::spawn`]: stop it with [`ServiceHandle::stop`]
 /// (or by dropping it), which closes the listener and every connection.
+#[must_use = "dropping the handle stops the service at once"]
 pub struct ServiceHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -1778,7 +1784,9 @@ impl ServiceHandle {
         self.stop_inner();
     }
 
-    /// Waits for the accept thread (which runs until stopped).
+    /// Waits for the accept thread, which runs until the process ends (the
+    /// handle is consumed, so nothing can stop it any more). Connections'
+    /// threads are not waited for.
     pub fn join(mut self) {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
