@@ -14,8 +14,11 @@
 //! `OPSDATA_AZURE_KEY` are set, that Azure Blob Storage container
 //! (`OPSDATA_AZURE_ENDPOINT` overrides the endpoint, e.g. Azurite's
 //! `http://127.0.0.1:10000/devstoreaccount1`; plain HTTP is then allowed).
-//! The key rings live in memory only, so what one run stores cannot be
-//! opened by the next: a real service keeps them in a `KeyStore`.
+//! Key rings: sealed under the wrapping key `<dir>/wrapping.key` (32 random
+//! bytes, generated with mode 0600 on the first run) and kept one file per
+//! tenant in `<dir>/keys/` (`support/keys.rs`), so a restarted service
+//! opens what earlier runs stored. Keep both with the blobs' backups: a lost
+//! wrapping key or ring makes the tenant's data unreadable.
 //!
 //! ```text
 //! cargo run -p opsdata-io --example certs -- <dir> <workspace-id>
@@ -33,6 +36,9 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use opsdata::{Outcome, RotationPolicy, SystemEntropy, TenantId};
+
+#[path = "support/keys.rs"]
+mod keys;
 use opsdata_io::{
     AzureBlobConfig, ObjectStoreBlobs, ServiceConfig, ServiceEvent, TlsIdentity, TlsService,
     load_certificates,
@@ -48,20 +54,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     let dir = Path::new(dir);
     let identity = TlsIdentity::from_pem_files(&dir.join("service.pem"), &dir.join("service.key"))?;
     let enrollment_ca = load_certificates(&dir.join("enrollment-ca.pem"))?;
-    let config =
-        ServiceConfig::new(identity, enrollment_ca).with_provisioning(RotationPolicy::default());
+    let mut entropy = SystemEntropy::new();
+    let wrapping = keys::wrapping_key(&dir.join("wrapping.key"), &mut entropy)?;
+    let key_store = keys::FileKeyStore::open(&dir.join("keys"))?;
+    let config = ServiceConfig::new(identity, enrollment_ca)
+        .with_key_store(key_store, wrapping)
+        .with_provisioning(RotationPolicy::default());
     // Any `opsdata::BlobStore` will do; this one is `object_store`'s.
     let store = open_store(dir)?;
 
     // Per tenant: frames and records stored.
     let stored: Mutex<BTreeMap<TenantId, (u64, u64)>> = Mutex::new(BTreeMap::new());
-    let service = TlsService::new(
-        config,
-        store,
-        Box::new(SystemEntropy::new()),
-        Arc::new(Utc::now),
-    )?
-    .with_observer(move |event| log(event, &stored));
+    let service = TlsService::new(config, store, Box::new(entropy), Arc::new(Utc::now))?
+        .with_observer(move |event| log(event, &stored));
     let service = Arc::new(service);
 
     let listener = TcpListener::bind(addr)?;

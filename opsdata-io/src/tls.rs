@@ -16,7 +16,7 @@
 //! explicitly, so a process that also links ring never meets an ambiguous
 //! default provider.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -30,8 +30,9 @@ use chrono::{DateTime, Utc};
 use opsdata::{
     AuthError, BatchId, BlobStore, Credential, DataType, Decoded, EnrollmentCa, Entropy,
     FIXED_HEADER_LEN, Frame, FrameDecoder, FrameError, FrameHeader, FrameLimits, Ingest,
-    IngestConfig, KeyCensus, KeyRing, Outcome, Principal, RotationPolicy, TenantId, TenantStats,
-    Transmit, Transport, apply_store_op,
+    IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore, Outcome, Principal, RotationPolicy,
+    StoreOp, TenantId, TenantStats, Transmit, Transport, WrappingKey, apply_store_op, load_ring,
+    save_ring,
 };
 use rustls::client::ClientConnection;
 use rustls::server::{ServerConnection, WebPkiClientVerifier};
@@ -108,6 +109,10 @@ pub enum TlsError {
     /// The service is at its connection limit.
     #[error("too many connections")]
     TooManyConnections,
+    /// Provisioning key rings was asked for without a key store to keep
+    /// them in: what they seal could not be opened after a restart.
+    #[error("provisioning key rings needs a key store (ServiceConfig::with_key_store)")]
+    NoKeyStore,
 }
 
 fn timeout(setting: &'static str, d: Duration) -> Result<Duration, TlsError> {
@@ -138,8 +143,10 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// Timeouts to connect, and for each read (an acknowledgement, a
-    /// handshake message) and each write.
+    /// Timeouts to connect (the TCP connect and the TLS handshake
+    /// together), to read one acknowledgement (in all, however its bytes
+    /// arrive; each handshake read is also bounded by it), and for each
+    /// write.
     ///
     /// # Errors
     ///
@@ -158,7 +165,7 @@ impl Timeouts {
         self.connect
     }
 
-    /// The timeout of each read.
+    /// The timeout of one acknowledgement (and of each handshake read).
     #[must_use]
     pub fn read(&self) -> Duration {
         self.read
@@ -368,7 +375,7 @@ pub struct TransportStats {
     pub wrong_acks: u64,
 }
 
-type ClientStream = StreamOwned<ClientConnection, TcpStream>;
+type ClientStream = StreamOwned<ClientConnection, DeadlineStream>;
 
 /// An [`opsdata::Transport`] over mutual TLS: see the module docs.
 ///
@@ -451,16 +458,20 @@ impl TlsTransport {
     fn connect(&mut self) -> Result<ClientStream, TlsError> {
         let t = self.settings.timeouts;
         let attempt = || -> Result<ClientStream, TlsError> {
+            // The connect timeout bounds the TCP connect and the handshake
+            // together.
+            let deadline = Instant::now() + t.connect;
             let tcp = TcpStream::connect_timeout(&self.settings.addr, t.connect)?;
-            tcp.set_read_timeout(Some(t.read))?;
-            tcp.set_write_timeout(Some(t.write))?;
             tcp.set_nodelay(true)?;
+            let mut sock = DeadlineStream::new(tcp, t.read, t.write);
+            sock.set_deadline(Some(deadline));
             let conn =
                 ClientConnection::new(self.config.clone(), self.settings.server_name.clone())?;
-            let mut stream = StreamOwned::new(conn, tcp);
+            let mut stream = StreamOwned::new(conn, sock);
             while stream.conn.is_handshaking() {
                 stream.conn.complete_io(&mut stream.sock)?;
             }
+            stream.sock.set_deadline(None);
             Ok(stream)
         };
         match attempt() {
@@ -476,9 +487,15 @@ impl TlsTransport {
     }
 
     fn exchange(&mut self, conn: &mut ClientStream, tx: &Transmit) -> Result<Outcome, TlsError> {
+        // Each write of the frame is bounded by the write timeout; the
+        // whole acknowledgement by the read timeout.
+        conn.sock.set_deadline(None);
         conn.write_all(tx.frame.as_bytes())?;
         conn.flush()?;
+        conn.sock
+            .set_deadline(Some(Instant::now() + self.settings.timeouts.read));
         let ack = Ack::read_from(conn)?;
+        conn.sock.set_deadline(None);
         if ack.batch_id != Some(tx.batch_id) {
             self.stats.wrong_acks += 1;
             return Err(TlsError::AckMismatch {
@@ -515,6 +532,70 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// A socket whose reads and writes end at a deadline, not only after a
+/// per-call timeout: before each call the socket's timeout is set to the
+/// shorter of the per-call timeout and what is left until the deadline,
+/// and once the deadline has passed every call fails with
+/// [`io::ErrorKind::TimedOut`]. rustls keeps reading while each read brings
+/// a byte (a handshake message, a TLS record), so a per-call timeout alone
+/// lets a peer trickling one byte per timeout hold a connection for ever.
+#[derive(Debug)]
+struct DeadlineStream {
+    tcp: TcpStream,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl DeadlineStream {
+    fn new(tcp: TcpStream, read_timeout: Duration, write_timeout: Duration) -> Self {
+        DeadlineStream {
+            tcp,
+            read_timeout,
+            write_timeout,
+            deadline: None,
+        }
+    }
+
+    /// Calls after `deadline` fail; `None`: only the per-call timeouts.
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// The timeout for the next call, or `TimedOut` past the deadline.
+    fn budget(&self, per_call: Duration) -> io::Result<Duration> {
+        let Some(deadline) = self.deadline else {
+            return Ok(per_call);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        // A zero socket timeout is refused by std; a millisecond is the least.
+        Ok(per_call.min(left).max(Duration::from_millis(1)))
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = self.budget(self.read_timeout)?;
+        self.tcp.set_read_timeout(Some(t))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = self.budget(self.write_timeout)?;
+        self.tcp.set_write_timeout(Some(t))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 impl Transport for TlsTransport {
     fn send(&mut self, _now: DateTime<Utc>, transmit: &Transmit) -> Outcome {
         self.stats.sends += 1;
@@ -549,28 +630,34 @@ pub struct ServiceSettings {
     read_timeout: Duration,
     write_timeout: Duration,
     frame_timeout: Duration,
+    handshake_timeout: Duration,
     max_connections: usize,
+    max_handshakes: usize,
     limits: FrameLimits,
 }
 
 impl Default for ServiceSettings {
-    /// 60 s per read (an idle connection is closed after that), 30 s per
-    /// write, 5 minutes to receive one frame, 256 connections, the default
-    /// frame limits.
+    /// 60 s idle between frames, 30 s per write, 5 minutes to receive one
+    /// frame, 10 s for the handshake, 256 connections of which at most 64
+    /// still in their handshake, the default frame limits.
     fn default() -> Self {
         ServiceSettings {
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
             max_connections: 256,
+            max_handshakes: 64,
             limits: FrameLimits::default(),
         }
     }
 }
 
 impl ServiceSettings {
-    /// How long one read may wait: the handshake's messages, and between
-    /// frames (an idle connection is closed after this).
+    /// How long a connection may wait for the first byte of its next frame
+    /// (an idle connection is closed after this, however the peer trickles
+    /// TLS bytes that carry no data); also the longest any single read
+    /// waits.
     ///
     /// # Errors
     ///
@@ -590,8 +677,9 @@ impl ServiceSettings {
         Ok(self)
     }
 
-    /// How long the bytes of one frame may take to arrive, from its first
-    /// byte: a peer trickling bytes just under the read timeout is cut off.
+    /// How long the bytes of one frame may take to arrive in all, from its
+    /// first byte: a peer trickling bytes just under the read timeout is
+    /// closed when this has passed.
     ///
     /// # Errors
     ///
@@ -601,8 +689,19 @@ impl ServiceSettings {
         Ok(self)
     }
 
-    /// How many connections [`TlsService::spawn`] serves at once; more are
-    /// closed at once.
+    /// How long the TLS handshake may take in all, from the accept: a peer
+    /// trickling its handshake is closed when this has passed.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_handshake_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.handshake_timeout = timeout("handshake timeout", d)?;
+        Ok(self)
+    }
+
+    /// How many connections [`TlsService::spawn`] serves at once, before or
+    /// after the handshake, in all; more are closed at once.
     ///
     /// # Errors
     ///
@@ -614,6 +713,23 @@ impl ServiceSettings {
             });
         }
         self.max_connections = n;
+        Ok(self)
+    }
+
+    /// How many of the connections may still be in their handshake (not yet
+    /// authenticated) at once, so unauthenticated peers cannot take every
+    /// slot; more are closed at once. Capped by `max_connections`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_max_handshakes(mut self, n: usize) -> Result<Self, TlsError> {
+        if n == 0 {
+            return Err(TlsError::Zero {
+                setting: "max_handshakes",
+            });
+        }
+        self.max_handshakes = n;
         Ok(self)
     }
 
@@ -642,6 +758,7 @@ pub struct ServiceConfig {
     settings: ServiceSettings,
     ingest: IngestConfig,
     provision: Option<RotationPolicy>,
+    keys: Option<KeyVault>,
 }
 
 impl ServiceConfig {
@@ -656,6 +773,7 @@ impl ServiceConfig {
             settings: ServiceSettings::default(),
             ingest: IngestConfig::default(),
             provision: None,
+            keys: None,
         }
     }
 
@@ -674,16 +792,101 @@ impl ServiceConfig {
         self
     }
 
-    /// Gives a tenant without a key ring a new one, with its first key
-    /// generated and promoted under `policy`, when its first frame arrives.
-    /// Without this, such a tenant's frames are answered transient until a
-    /// ring is added with [`ServiceState::add_ring`].
+    /// Keeps the tenants' key rings in `store`, sealed under `wrapping`
+    /// (`docs/KEYS.md` of the core). On a tenant's first frame the service
+    /// loads its ring from the store; a ring it provisions is saved before
+    /// anything is sealed with it, and saved again after each seal (the
+    /// ring counts the data keys each version wrapped, against its hard
+    /// limit) and each rotation. A frame whose ring cannot be loaded or
+    /// saved is answered transient.
+    #[must_use]
+    pub fn with_key_store<S>(mut self, store: S, wrapping: WrappingKey) -> Self
+    where
+        S: KeyStore + Send + 'static,
+    {
+        self.keys = Some(KeyVault {
+            store: Box::new(Erased(store)),
+            wrapping,
+        });
+        self
+    }
+
+    /// Gives a tenant without a key ring (in memory or in the key store) a
+    /// new one, with its first key generated and promoted under `policy`,
+    /// when its first frame arrives, and rotates its keys forward under
+    /// `policy` (new versions generated and promoted when due, checked at
+    /// most once a minute per tenant). Needs a key store
+    /// ([`with_key_store`](ServiceConfig::with_key_store)): a ring kept
+    /// only in memory would leave everything it sealed unreadable after a
+    /// restart.
+    ///
+    /// Retiring, disabling and destroying versions is left to the
+    /// operator: it needs a census of the stored frames the service does
+    /// not keep.
+    ///
+    /// Without provisioning, a tenant with no ring in the key store gets
+    /// its frames answered transient until a ring is added with
+    /// [`ServiceState::add_ring`].
     #[must_use]
     pub fn with_provisioning(mut self, policy: RotationPolicy) -> Self {
         self.provision = Some(policy);
         self
     }
 }
+
+/// A key store's error, its type erased so the service is not generic over
+/// the store.
+#[derive(Debug)]
+struct KeyStoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for KeyStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for KeyStoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A [`KeyStore`] with its error erased.
+struct Erased<S>(S);
+
+impl<S: KeyStore> KeyStore for Erased<S> {
+    type Error = KeyStoreError;
+
+    fn put(&mut self, tenant: TenantId, sealed: &[u8]) -> Result<(), KeyStoreError> {
+        self.0
+            .put(tenant, sealed)
+            .map_err(|e| KeyStoreError(Box::new(e)))
+    }
+
+    fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, KeyStoreError> {
+        self.0.get(tenant).map_err(|e| KeyStoreError(Box::new(e)))
+    }
+}
+
+type DynKeyStore = Box<dyn KeyStore<Error = KeyStoreError> + Send>;
+
+/// The key store and the wrapping key its rings are sealed under.
+struct KeyVault {
+    store: DynKeyStore,
+    wrapping: WrappingKey,
+}
+
+impl fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // WrappingKey's Debug shows its id only.
+        f.debug_struct("KeyVault")
+            .field("wrapping", &self.wrapping)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a tenant's ring is checked against the rotation policy.
+const ROTATION_CHECK: chrono::Duration = chrono::Duration::minutes(1);
 
 /// What the service does, for logs and tests; set an observer with
 /// [`TlsService::with_observer`].
@@ -739,24 +942,29 @@ type Observer = Arc<dyn Fn(&ServiceEvent) + Send + Sync>;
 
 /// The service's state behind its lock: the ingest pipeline, the tenants'
 /// key rings, the blob store and the entropy sealing draws from.
-pub struct ServiceState<B> {
+pub struct ServiceState {
     ingest: Ingest,
     rings: HashMap<TenantId, KeyRing>,
-    store: B,
+    /// When each tenant's ring was last checked against the rotation policy.
+    rotation_checked: HashMap<TenantId, DateTime<Utc>>,
+    keys: Option<KeyVault>,
+    /// Batches sealed and being stored, outside the lock.
+    in_flight: HashSet<(TenantId, BatchId)>,
     entropy: Box<dyn Entropy + Send>,
 }
 
-impl<B: fmt::Debug> fmt::Debug for ServiceState<B> {
+impl fmt::Debug for ServiceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceState")
             .field("ingest", &self.ingest)
             .field("tenants_with_rings", &self.rings.len())
-            .field("store", &self.store)
+            .field("keys", &self.keys)
+            .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
 }
 
-impl<B> ServiceState<B> {
+impl ServiceState {
     /// The ingest pipeline (its per-tenant stats and mismatch counters).
     #[must_use]
     pub fn ingest(&self) -> &Ingest {
@@ -769,24 +977,15 @@ impl<B> ServiceState<B> {
         self.ingest.stats(tenant)
     }
 
-    /// The blob store.
-    #[must_use]
-    pub fn store(&self) -> &B {
-        &self.store
-    }
-
-    /// The blob store, mutably.
-    pub fn store_mut(&mut self) -> &mut B {
-        &mut self.store
-    }
-
     /// The key ring of `tenant`, if it has one.
     #[must_use]
     pub fn ring(&self, tenant: TenantId) -> Option<&KeyRing> {
         self.rings.get(&tenant)
     }
 
-    /// Adds (or replaces) a tenant's key ring.
+    /// Adds (or replaces) a tenant's key ring, in memory: with a key
+    /// store, save it there too (the service saves it again after each
+    /// seal).
     pub fn add_ring(&mut self, ring: KeyRing) {
         self.rings.insert(ring.tenant(), ring);
     }
@@ -831,7 +1030,10 @@ pub struct TlsService<B> {
     provision: Option<RotationPolicy>,
     clock: Clock,
     observer: Option<Observer>,
-    state: Mutex<ServiceState<B>>,
+    state: Mutex<ServiceState>,
+    /// The blob store, behind a lock of its own: stores wait for each
+    /// other, not ingest (nor other tenants' frames being sealed).
+    store: Mutex<B>,
     counters: Counters,
 }
 
@@ -862,6 +1064,17 @@ impl<B> TlsService<B> {
     }
 }
 
+/// What [`TlsService::prepare`] left to do.
+enum Prepared {
+    /// Nothing to store: answer this.
+    Answer(Outcome, bool, Option<String>),
+    /// Store these, then answer `answer` (transient if a store failed).
+    Store {
+        ops: Vec<StoreOp>,
+        answer: (Outcome, bool, Option<String>),
+    },
+}
+
 /// How one connection's frame reading ended.
 enum ReadFrame {
     Frame(Frame),
@@ -877,6 +1090,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     ///
     /// # Errors
     ///
+    /// [`TlsError::NoKeyStore`] for provisioning without a key store;
     /// [`TlsError::NoCertificates`] without an enrollment CA;
     /// [`TlsError::Auth`] or [`TlsError::Rustls`] if a CA certificate is
     /// unusable; [`TlsError::Verifier`] if rustls cannot build the client
@@ -893,7 +1107,11 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             settings,
             ingest,
             provision,
+            keys,
         } = config;
+        if provision.is_some() && keys.is_none() {
+            return Err(TlsError::NoKeyStore);
+        }
         let roots = root_store(&enrollment_ca, "enrollment CA")?;
         let ca = EnrollmentCa::new(&enrollment_ca)?;
         let provider = provider();
@@ -915,9 +1133,12 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             state: Mutex::new(ServiceState {
                 ingest: Ingest::new(ingest.with_limits(settings.limits)),
                 rings: HashMap::new(),
-                store,
+                rotation_checked: HashMap::new(),
+                keys,
+                in_flight: HashSet::new(),
                 entropy,
             }),
+            store: Mutex::new(store),
             counters: Counters::default(),
         })
     }
@@ -933,8 +1154,15 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         self
     }
 
+    /// The blob store, locked. Connections storing a frame wait while it is
+    /// held; take it after [`lock`](TlsService::lock) if both are needed,
+    /// never before.
+    pub fn store(&self) -> MutexGuard<'_, B> {
+        lock(&self.store)
+    }
+
     /// The state, locked. Connections wait while it is held.
-    pub fn lock(&self) -> MutexGuard<'_, ServiceState<B>> {
+    pub fn lock(&self) -> MutexGuard<'_, ServiceState> {
         // A panic while the lock was held leaves the state as consistent as
         // the operation that panicked left it; keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -957,10 +1185,16 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// a frame (answered, then the connection is closed);
     /// [`TlsError::FrameTimeout`] for a frame that took too long.
     pub fn serve_connection(&self, tcp: TcpStream) -> Result<u64, TlsError> {
+        self.serve(tcp, None)
+    }
+
+    /// [`serve_connection`](TlsService::serve_connection), releasing
+    /// `handshake` (a slot of the handshake cap) once the handshake ends.
+    fn serve(&self, tcp: TcpStream, handshake: Option<Held>) -> Result<u64, TlsError> {
         let peer = tcp.peer_addr().ok();
         let mut frames = 0;
         let mut authenticated = false;
-        let result = self.serve_inner(tcp, peer, &mut authenticated, &mut frames);
+        let result = self.serve_inner(tcp, peer, handshake, &mut authenticated, &mut frames);
         // A connection refused before authentication was reported as such.
         if authenticated {
             self.emit(ServiceEvent::Closed {
@@ -976,24 +1210,24 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         &self,
         tcp: TcpStream,
         peer: Option<SocketAddr>,
+        handshake_slot: Option<Held>,
         authenticated: &mut bool,
         frames: &mut u64,
     ) -> Result<(), TlsError> {
-        tcp.set_read_timeout(Some(self.settings.read_timeout))?;
-        tcp.set_write_timeout(Some(self.settings.write_timeout))?;
+        let s = &self.settings;
+        let deadline = Instant::now() + s.handshake_timeout;
         tcp.set_nodelay(true)?;
+        let mut sock = DeadlineStream::new(tcp, s.read_timeout, s.write_timeout);
+        sock.set_deadline(Some(deadline));
         let conn = ServerConnection::new(self.config.clone())?;
-        let mut tls = StreamOwned::new(conn, tcp);
+        let mut tls = StreamOwned::new(conn, sock);
         let handshake = (|| -> Result<(), TlsError> {
-            let started = Instant::now();
             while tls.conn.is_handshaking() {
-                if started.elapsed() > self.settings.frame_timeout {
-                    return Err(TlsError::FrameTimeout);
-                }
                 tls.conn.complete_io(&mut tls.sock)?;
             }
             Ok(())
         })();
+        drop(handshake_slot);
         if let Err(e) = handshake {
             self.counters
                 .handshake_failures
@@ -1046,6 +1280,8 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                         batch_id: Some(frame.batch_id()),
                         outcome,
                     };
+                    tls.sock
+                        .set_deadline(Some(Instant::now() + self.settings.write_timeout));
                     tls.write_all(&ack.encode())?;
                     tls.flush()?;
                 }
@@ -1055,6 +1291,8 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                         batch_id,
                         outcome: Outcome::Rejected,
                     };
+                    tls.sock
+                        .set_deadline(Some(Instant::now() + self.settings.write_timeout));
                     // Best effort: the connection is closed either way.
                     let _ = tls.write_all(&ack.encode());
                     tls.conn.send_close_notify();
@@ -1068,15 +1306,22 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     /// Reads one frame, never past its end: each read asks for at most what
     /// the decoder still needs, so the decoder holds at most one frame (its
     /// limits refuse an oversized one from the header, before the body).
+    ///
+    /// The first byte must arrive within the read timeout (else the
+    /// connection is idle: an end), the whole frame within the frame
+    /// timeout of its first byte: both are deadlines on the socket, so
+    /// TLS bytes trickled without completing a record do not extend them.
     fn read_frame(
         &self,
-        tls: &mut StreamOwned<ServerConnection, TcpStream>,
+        tls: &mut StreamOwned<ServerConnection, DeadlineStream>,
         decoder: &mut FrameDecoder,
     ) -> Result<ReadFrame, TlsError> {
         let mut head = [0u8; FIXED_HEADER_LEN];
         let mut got = 0usize;
-        let mut started: Option<Instant> = None;
+        let mut started = false;
         let mut buf = vec![0u8; 16 << 10];
+        tls.sock
+            .set_deadline(Some(Instant::now() + self.settings.read_timeout));
         loop {
             let need = match decoder.poll_frame() {
                 Ok(Decoded::Frame(f)) => return Ok(ReadFrame::Frame(f)),
@@ -1096,9 +1341,6 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                     return Ok(ReadFrame::Bad(batch_id, e));
                 }
             };
-            if started.is_some_and(|s| s.elapsed() > self.settings.frame_timeout) {
-                return Err(TlsError::FrameTimeout);
-            }
             let want = need.clamp(1, buf.len());
             let n = match tls.read(&mut buf[..want]) {
                 Ok(0) if got == 0 => return Ok(ReadFrame::End),
@@ -1117,9 +1359,14 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 {
                     return Ok(ReadFrame::End);
                 }
+                Err(e) if is_timeout(&e) => return Err(TlsError::FrameTimeout),
                 Err(e) => return Err(e.into()),
             };
-            started.get_or_insert_with(Instant::now);
+            if !started {
+                started = true;
+                tls.sock
+                    .set_deadline(Some(Instant::now() + self.settings.frame_timeout));
+            }
             if got < FIXED_HEADER_LEN {
                 let k = n.min(FIXED_HEADER_LEN - got);
                 head[got..got + k].copy_from_slice(&buf[..k]);
@@ -1130,13 +1377,53 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
     }
 
     /// Runs one frame through ingest and storage; the outcome to answer.
+    ///
+    /// The state's lock is held to run ingest and save the ring, not while
+    /// the blob store stores: the batch is marked in flight meanwhile (a
+    /// retry of it is answered transient, not as a duplicate of data not
+    /// yet stored), and a failed store is handed back to ingest.
     fn ingest_frame(&self, principal: &Principal, frame: &Frame) -> Outcome {
         let now = (self.clock)();
         let tenant = principal.tenant();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let (outcome, duplicate, error) = self.ingest_locked(st, now, principal, frame);
-        drop(guard);
+        let prepared = self.prepare(&mut self.lock(), now, principal, frame);
+        let (outcome, duplicate, error) = match prepared {
+            Prepared::Answer(outcome, duplicate, error) => (outcome, duplicate, error),
+            Prepared::Store { ops, answer } => {
+                let mut failed = None;
+                {
+                    let mut store = self.store();
+                    for op in &ops {
+                        // A store that panics fails this frame like one that
+                        // errs: the batch must be handed back to ingest.
+                        let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            apply_store_op(&mut *store, op)
+                        }));
+                        match put {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => failed = Some(e.to_string()),
+                            Err(_) => failed = Some("the blob store panicked".into()),
+                        }
+                        if failed.is_some() {
+                            break;
+                        }
+                    }
+                }
+                let mut st = self.lock();
+                st.in_flight.remove(&(tenant, frame.batch_id()));
+                if failed.is_some() {
+                    for op in &ops {
+                        // Forgotten by the de-duplication, so the retry is
+                        // stored.
+                        st.ingest.handle_store_failed(op);
+                    }
+                }
+                drop(st);
+                match failed {
+                    Some(e) => (Outcome::Transient, false, Some(e)),
+                    None => answer,
+                }
+            }
+        };
         self.emit(ServiceEvent::Frame {
             tenant,
             batch_id: frame.batch_id(),
@@ -1149,27 +1436,29 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
         outcome
     }
 
-    fn ingest_locked(
+    /// Under the state's lock: the ring, ingest, the ring saved again; the
+    /// operations to store, their batches marked in flight.
+    fn prepare(
         &self,
-        st: &mut ServiceState<B>,
+        st: &mut ServiceState,
         now: DateTime<Utc>,
         principal: &Principal,
         frame: &Frame,
-    ) -> (Outcome, bool, Option<String>) {
+    ) -> Prepared {
         let tenant = principal.tenant();
-        if !st.rings.contains_key(&tenant) {
-            let Some(policy) = &self.provision else {
-                return (Outcome::Transient, false, Some("no key ring".into()));
-            };
-            match provision_ring(tenant, policy, &mut *st.entropy, now) {
-                Ok(ring) => {
-                    st.rings.insert(tenant, ring);
-                }
-                Err(e) => return (Outcome::Transient, false, Some(e)),
-            }
+        let transient = |e: String| Prepared::Answer(Outcome::Transient, false, Some(e));
+        if st.in_flight.contains(&(tenant, frame.batch_id())) {
+            // Not a duplicate yet: its first copy is still being stored.
+            return transient("the batch is being stored by another connection".into());
+        }
+        if let Err(e) = self.ensure_ring(st, tenant, now) {
+            return transient(e);
+        }
+        if let Err(e) = self.rotate(st, tenant, now) {
+            return transient(e);
         }
         let Some(ring) = st.rings.get_mut(&tenant) else {
-            return (Outcome::Transient, false, Some("no key ring".into()));
+            return transient("no key ring".into());
         };
         let report =
             match st
@@ -1177,36 +1466,46 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 .handle_request(now, principal, ring, &mut *st.entropy, frame.as_bytes())
             {
                 Ok(r) => r,
-                Err(e) => return (Outcome::Transient, false, Some(e.to_string())),
+                Err(e) => return transient(e.to_string()),
             };
-        // Drain every operation (the drain contract), noting any failure.
-        let mut store_error = None;
-        while let Some(op) = st.ingest.poll_store() {
-            if let Err(e) = apply_store_op(&mut st.store, &op) {
-                // Forgotten by the de-duplication, so the retry is stored.
-                st.ingest.handle_store_failed(&op);
-                store_error = Some(e.to_string());
-            }
-        }
-        if let Some(e) = store_error {
-            return (Outcome::Transient, false, Some(e));
-        }
-        match (report.answers.into_iter().next(), report.stopped) {
+        // Drain every operation (the drain contract).
+        let ops: Vec<StoreOp> = std::iter::from_fn(|| st.ingest.poll_store()).collect();
+        let answer = match (report.answers.into_iter().next(), report.stopped) {
             (Some(a), _) => (a.outcome, a.duplicate, a.error.map(|e| e.to_string())),
             // A tenant mismatch or a frame ingest could not read: bad data.
             (None, Some(e)) => (Outcome::Rejected, false, Some(e.to_string())),
             // One whole frame was passed, so ingest answers it or says why
             // not; if a later core did neither, let the agent retry.
             (None, None) => (Outcome::Transient, false, Some("no answer".into())),
+        };
+        if ops.is_empty() {
+            return Prepared::Answer(answer.0, answer.1, answer.2);
         }
+        // Each seal counted a data key against the ring's hard limit: the
+        // ring is saved before anything it sealed is stored, so the count
+        // survives a restart.
+        if let Err(e) = save_tenant_ring(st, tenant) {
+            for op in &ops {
+                st.ingest.handle_store_failed(op);
+            }
+            return transient(e);
+        }
+        // One frame per request: its batch is the one stored.
+        st.in_flight.insert((tenant, frame.batch_id()));
+        Prepared::Store { ops, answer }
     }
 
     /// Serves `listener` on a thread, each connection on a thread of its
     /// own, until the handle is stopped or dropped.
     ///
+    /// Dropping the returned handle stops the service at once: keep it, and
+    /// [`ServiceHandle::stop`] or [`ServiceHandle::join`] it.
+    ///
     /// # Errors
     ///
-    /// [`TlsError::Io`] if the listener's address cannot be read.
+    /// [`TlsError::Io`] if the listener's address cannot be read or the
+    /// accept thread cannot be started (the listener is then closed).
+    #[must_use = "dropping the handle stops the service at once"]
     pub fn spawn(self: &Arc<Self>, listener: TcpListener) -> Result<ServiceHandle, TlsError> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -1214,6 +1513,7 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             conns: Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
+            handshaking: Arc::new(AtomicUsize::new(0)),
         });
         let service = Arc::clone(self);
         let sh = Arc::clone(&shared);
@@ -1226,6 +1526,97 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
             accept: Some(accept),
         })
     }
+}
+
+impl<B: BlobStore + Send + 'static> TlsService<B> {
+    /// Makes sure `tenant` has a ring in memory: loaded from the key store,
+    /// or provisioned and saved there before anything is sealed with it.
+    fn ensure_ring(
+        &self,
+        st: &mut ServiceState,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        if st.rings.contains_key(&tenant) {
+            return Ok(());
+        }
+        if let Some(vault) = &st.keys {
+            // A ring that cannot be read is not replaced: what it sealed
+            // would be lost for good.
+            let loaded = load_ring(&*vault.store, tenant, &vault.wrapping)
+                .map_err(|e| format!("loading the key ring: {e}"))?;
+            if let Some(ring) = loaded {
+                st.rings.insert(tenant, ring);
+                return Ok(());
+            }
+        }
+        let (Some(policy), Some(vault)) = (&self.provision, &mut st.keys) else {
+            return Err("no key ring".into());
+        };
+        let ring = provision_ring(tenant, policy, &mut *st.entropy, now)?;
+        save_ring(&mut *vault.store, &ring, &vault.wrapping, &mut *st.entropy)
+            .map_err(|e| format!("saving the new key ring: {e}"))?;
+        st.rings.insert(tenant, ring);
+        st.rotation_checked.insert(tenant, now);
+        Ok(())
+    }
+
+    /// Rotates `tenant`'s ring forward if the policy says so (checked at
+    /// most once per [`ROTATION_CHECK`]): the actions are applied to a
+    /// copy, which replaces the ring only once it is saved.
+    fn rotate(
+        &self,
+        st: &mut ServiceState,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let (Some(policy), Some(vault)) = (&self.provision, &mut st.keys) else {
+            return Ok(());
+        };
+        if st
+            .rotation_checked
+            .get(&tenant)
+            .is_some_and(|t| now >= *t && now - *t < ROTATION_CHECK)
+        {
+            return Ok(());
+        }
+        let Some(ring) = st.rings.get(&tenant) else {
+            return Ok(());
+        };
+        let due: Vec<KeyAction> = policy
+            .evaluate(ring, &KeyCensus::new(), now)
+            .into_iter()
+            .filter(|a| matches!(a, KeyAction::GenerateKey { .. } | KeyAction::Promote { .. }))
+            .collect();
+        if due.is_empty() {
+            st.rotation_checked.insert(tenant, now);
+            return Ok(());
+        }
+        let entropy = &mut *st.entropy;
+        let mut copy = ring
+            .to_sealed(&vault.wrapping, entropy)
+            .and_then(|b| KeyRing::from_sealed(&b, tenant, &vault.wrapping))
+            .map_err(|e| format!("rotating the key ring: {e}"))?;
+        for action in &due {
+            let _applied = copy
+                .apply(action, entropy, now)
+                .map_err(|e| format!("rotating the key ring: {e}"))?;
+        }
+        save_ring(&mut *vault.store, &copy, &vault.wrapping, entropy)
+            .map_err(|e| format!("saving the rotated key ring: {e}"))?;
+        st.rings.insert(tenant, copy);
+        st.rotation_checked.insert(tenant, now);
+        Ok(())
+    }
+}
+
+/// Saves `tenant`'s ring to the key store, if there is one.
+fn save_tenant_ring(st: &mut ServiceState, tenant: TenantId) -> Result<(), String> {
+    let (Some(vault), Some(ring)) = (&mut st.keys, st.rings.get(&tenant)) else {
+        return Ok(());
+    };
+    save_ring(&mut *vault.store, ring, &vault.wrapping, &mut *st.entropy)
+        .map_err(|e| format!("saving the key ring: {e}"))
 }
 
 fn provision_ring(
@@ -1252,6 +1643,39 @@ struct Shared {
     conns: Mutex<HashMap<u64, TcpStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicUsize,
+    /// Connections still in their handshake.
+    handshaking: Arc<AtomicUsize>,
+}
+
+/// A connection's slot: its socket's clone forgotten and the count of
+/// connections decremented when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.conns).remove(&self.id);
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One unit of a counter, given back when dropped (a worker that panics
+/// gives it back too).
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(counter: &Arc<AtomicUsize>) -> Held {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Held(Arc::clone(counter))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1270,11 +1694,16 @@ fn accept_loop<B: BlobStore + Send + 'static>(
         }
         let Ok(tcp) = stream else {
             // Accept errors (out of descriptors, a reset before accept)
-            // concern one connection; keep listening.
+            // concern one connection; keep listening, after a pause so an
+            // error that persists (EMFILE) does not spin the thread.
+            std::thread::sleep(Duration::from_millis(50));
             continue;
         };
         lock(&shared.workers).retain(|w| !w.is_finished());
-        if shared.active.load(Ordering::SeqCst) >= service.settings.max_connections {
+        let settings = &service.settings;
+        if shared.active.load(Ordering::SeqCst) >= settings.max_connections
+            || shared.handshaking.load(Ordering::SeqCst) >= settings.max_handshakes
+        {
             service.counters.over_limit.fetch_add(1, Ordering::Relaxed);
             service.emit(ServiceEvent::Refused {
                 peer: tcp.peer_addr().ok(),
@@ -1285,33 +1714,42 @@ fn accept_loop<B: BlobStore + Send + 'static>(
         }
         next_id += 1;
         let id = next_id;
-        if let Ok(clone) = tcp.try_clone() {
-            lock(&shared.conns).insert(id, clone);
+        // A connection stop could not shut down could keep stop waiting
+        // for its thread: refuse it.
+        match tcp.try_clone() {
+            Ok(clone) => {
+                lock(&shared.conns).insert(id, clone);
+            }
+            Err(_) => {
+                let _ = tcp.shutdown(Shutdown::Both);
+                continue;
+            }
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
+        // Gives the slot back however the worker ends: normally, by a
+        // panic (an observer's, a store's), or not started at all (the
+        // closure holding it is dropped with a failed spawn).
+        let slot = Slot {
+            shared: Arc::clone(shared),
+            id,
+        };
+        let handshake = Held::take(&shared.handshaking);
         let svc = Arc::clone(service);
-        let sh = Arc::clone(shared);
         let worker = std::thread::Builder::new()
             .name(format!("opsdata-conn-{id}"))
             .spawn(move || {
-                let _ = svc.serve_connection(tcp);
-                lock(&sh.conns).remove(&id);
-                sh.active.fetch_sub(1, Ordering::SeqCst);
+                let _slot = slot;
+                let _ = svc.serve(tcp, Some(handshake));
             });
-        match worker {
-            Ok(w) => lock(&shared.workers).push(w),
-            Err(_) => {
-                // The closure (and the stream) was dropped with the failed
-                // spawn: forget the connection.
-                lock(&shared.conns).remove(&id);
-                shared.active.fetch_sub(1, Ordering::SeqCst);
-            }
+        if let Ok(w) = worker {
+            lock(&shared.workers).push(w);
         }
     }
 }
 
 /// A running [`TlsService::spawn`]: stop it with [`ServiceHandle::stop`]
 /// (or by dropping it), which closes the listener and every connection.
+#[must_use = "dropping the handle stops the service at once"]
 pub struct ServiceHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -1346,7 +1784,9 @@ impl ServiceHandle {
         self.stop_inner();
     }
 
-    /// Waits for the accept thread (which runs until stopped).
+    /// Waits for the accept thread, which runs until the process ends (the
+    /// handle is consumed, so nothing can stop it any more). Connections'
+    /// threads are not waited for.
     pub fn join(mut self) {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
@@ -1359,8 +1799,16 @@ impl ServiceHandle {
         };
         self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the blocking accept; it sees the flag and returns, dropping
-        // the listener.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // the listener. A wildcard address is not one to connect to: the
+        // loopback of its family reaches the same listener.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         let _ = accept.join();
         for (_, c) in lock(&self.shared.conns).drain() {
             let _ = c.shutdown(Shutdown::Both);

@@ -25,8 +25,9 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use opsdata::{
     Agent, AgentKey, BatchId, Credential, DataType, DeliveryEvent, DeliveryPolicy, DropReason,
-    EnrollmentCa, Frame, FrameLimits, MemoryBlobStore, MemorySpool, ObjectKey, Outbox,
-    RotationPolicy, SystemEntropy, TenantId, Transport, read_back,
+    EnrollmentCa, Frame, FrameLimits, KeyMaterial, KeyStore, MemoryBlobStore, MemoryKeyStore,
+    MemorySpool, ObjectKey, Outbox, RotationPolicy, SystemEntropy, TenantId, Transport,
+    WrappingKey, read_back,
 };
 use opsdata_io::{
     Ack, ServiceConfig, ServiceHandle, ServiceSettings, Timeouts, TlsIdentity, TlsService,
@@ -101,7 +102,31 @@ fn identity(issued: &pki::Issued) -> TlsIdentity {
 
 type Service = Arc<TlsService<MemoryBlobStore>>;
 
+/// A key store shared between services (a restart keeps it).
+#[derive(Clone, Default)]
+struct SharedKeys(Arc<std::sync::Mutex<MemoryKeyStore>>);
+
+impl KeyStore for SharedKeys {
+    type Error = std::convert::Infallible;
+
+    fn put(&mut self, tenant: TenantId, sealed: &[u8]) -> Result<(), Self::Error> {
+        self.0.lock().unwrap().put(tenant, sealed)
+    }
+
+    fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.0.lock().unwrap().get(tenant)
+    }
+}
+
+fn wrapping_key() -> WrappingKey {
+    WrappingKey::new(1, KeyMaterial::from_bytes([7; 32]))
+}
+
 fn service(pki: &Pki, clock: &FakeClock) -> Service {
+    service_over(pki, clock, SharedKeys::default(), MemoryBlobStore::new())
+}
+
+fn service_over(pki: &Pki, clock: &FakeClock, keys: SharedKeys, blobs: MemoryBlobStore) -> Service {
     let settings = ServiceSettings::default()
         .with_read_timeout(StdDuration::from_secs(2))
         .unwrap()
@@ -111,16 +136,9 @@ fn service(pki: &Pki, clock: &FakeClock) -> Service {
         .unwrap();
     let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
         .with_settings(settings)
+        .with_key_store(keys, wrapping_key())
         .with_provisioning(RotationPolicy::default());
-    Arc::new(
-        TlsService::new(
-            config,
-            MemoryBlobStore::new(),
-            Box::new(SystemEntropy::new()),
-            clock.clock(),
-        )
-        .unwrap(),
-    )
+    Arc::new(TlsService::new(config, blobs, Box::new(SystemEntropy::new()), clock.clock()).unwrap())
 }
 
 fn listen(service: &Service, addr: SocketAddr) -> ServiceHandle {
@@ -158,7 +176,7 @@ fn stored(service: &Service, tenant: TenantId, batch: BatchId) -> Option<Frame> 
     let st = service.lock();
     let ring = st.ring(tenant)?;
     read_back(
-        st.store(),
+        &*service.store(),
         tenant,
         ObjectKey::for_batch(batch),
         ring,
@@ -168,7 +186,7 @@ fn stored(service: &Service, tenant: TenantId, batch: BatchId) -> Option<Frame> 
 }
 
 fn listed(service: &Service, tenant: TenantId) -> Vec<ObjectKey> {
-    opsdata::BlobStore::list(service.lock().store(), tenant).unwrap()
+    opsdata::BlobStore::list(&*service.store(), tenant).unwrap()
 }
 
 #[test]
@@ -543,4 +561,383 @@ fn an_ack_for_another_batch_is_transient_and_drops_the_connection() {
         Some(opsdata_io::TlsError::AckMismatch { .. })
     ));
     assert_eq!(thread.join().unwrap(), 2);
+}
+
+#[test]
+fn regression_rings_are_kept_in_the_key_store_and_a_restarted_service_opens_what_it_stored() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let a = tenant(WS_A);
+    let frames = records::frames(a, pki.now, 0, &mut next_id);
+
+    // The first service provisions A's ring, stores every frame, stops.
+    let svc = service_over(&pki, &clock, keys.clone(), MemoryBlobStore::new());
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let mut first = agent(
+        transport(&pki, handle.addr(), &identity(&pki.agent(WS_A))),
+        DeliveryPolicy::default(),
+    );
+    for f in &frames {
+        first.push(pki.now, f.clone()).unwrap();
+    }
+    assert_eq!(first.outbox().held_batches(), 0, "{:?}", events(&mut first));
+    handle.stop();
+    let blobs = svc.store().clone();
+    let usage_before = svc.lock().ring(a).unwrap().primary().unwrap().usage;
+    drop(svc);
+    assert!(keys.get(a).unwrap().is_some(), "the ring was saved");
+
+    // A new service over the same stores: it loads the ring instead of
+    // provisioning another, and everything stored before opens.
+    let svc = service_over(&pki, &clock, keys.clone(), blobs);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let mut second = agent(
+        transport(&pki, handle.addr(), &identity(&pki.agent(WS_A))),
+        DeliveryPolicy::default(),
+    );
+    let more = records::frames(a, pki.now, 1, &mut next_id);
+    second.push(pki.now, more[0].clone()).unwrap();
+    assert_eq!(second.outbox().held_batches(), 0);
+    handle.stop();
+    let limits = FrameLimits::default();
+    for f in frames.iter().chain(&more[..1]) {
+        let back = stored(&svc, a, f.batch_id()).expect("stored and opened");
+        assert_eq!(back.records(&limits).unwrap(), f.records(&limits).unwrap());
+    }
+    // The usage counted before the restart was kept, and counts on.
+    let ring = svc.lock();
+    let primary = ring.ring(a).unwrap().primary().unwrap();
+    assert_eq!(primary.usage, usage_before + 1);
+    assert_eq!(usage_before, frames.len() as u64);
+}
+
+#[test]
+fn regression_provisioning_without_a_key_store_is_refused() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_provisioning(RotationPolicy::default());
+    let r = TlsService::new(
+        config,
+        MemoryBlobStore::new(),
+        Box::new(SystemEntropy::new()),
+        clock.clock(),
+    );
+    assert!(matches!(r, Err(opsdata_io::TlsError::NoKeyStore)));
+}
+
+/// A service with a 1 s handshake and frame timeout and room for one
+/// handshake at a time.
+fn strict_service(pki: &Pki, clock: &FakeClock) -> Service {
+    let settings = ServiceSettings::default()
+        .with_read_timeout(StdDuration::from_secs(2))
+        .unwrap()
+        .with_frame_timeout(StdDuration::from_secs(1))
+        .unwrap()
+        .with_handshake_timeout(StdDuration::from_secs(1))
+        .unwrap()
+        .with_max_handshakes(1)
+        .unwrap();
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_settings(settings)
+        .with_key_store(SharedKeys::default(), wrapping_key())
+        .with_provisioning(RotationPolicy::default());
+    Arc::new(
+        TlsService::new(
+            config,
+            MemoryBlobStore::new(),
+            Box::new(SystemEntropy::new()),
+            clock.clock(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Writes `bytes` one at a time, 100 ms apart, until the peer closes (a
+/// write fails or a read sees the end); whether it did within `cap`.
+fn trickle_until_closed(tcp: &mut TcpStream, bytes: &[u8], cap: StdDuration) -> bool {
+    tcp.set_read_timeout(Some(StdDuration::from_millis(100)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    while start.elapsed() < cap {
+        if tcp.write_all(&bytes[i % bytes.len()..][..1]).is_err() {
+            return true;
+        }
+        i += 1;
+        let mut b = [0u8; 64];
+        match tcp.read(&mut b) {
+            Ok(0) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+            // An alert or other bytes: keep going until the close.
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+/// Sends `frame` through a fresh agent, retrying a few times (the
+/// service frees a slot just after closing its socket).
+fn deliver_eventually(pki: &Pki, addr: SocketAddr, frame: &Frame) -> bool {
+    let mut t = transport(pki, addr, &identity(&pki.agent(WS_A)));
+    let mut outbox = Outbox::new(DeliveryPolicy::default(), 1);
+    outbox.push(pki.now, frame.clone()).unwrap();
+    let tx = outbox.poll_transmit(pki.now).expect("due");
+    for _ in 0..50 {
+        if t.send(pki.now, &tx) == opsdata::Outcome::Delivered {
+            return true;
+        }
+        std::thread::sleep(StdDuration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn regression_a_trickled_handshake_is_closed_at_the_handshake_deadline() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = strict_service(&pki, &clock);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+
+    // A TLS record header announcing a 16 000-byte handshake message, then
+    // its bytes one by one: each read brings a byte well within the read
+    // timeout, so only a deadline on the whole handshake ends it.
+    let mut record = vec![0x16, 0x03, 0x01, 0x3e, 0x80, 0x01, 0x00, 0x3e, 0x7c];
+    record.extend(std::iter::repeat_n(0x03, 64));
+    let mut slow = TcpStream::connect(handle.addr()).unwrap();
+    // It holds the only handshake slot: an agent is refused meanwhile...
+    std::thread::sleep(StdDuration::from_millis(200));
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    let mut t = transport(&pki, handle.addr(), &identity(&pki.agent(WS_A)));
+    let mut outbox = Outbox::new(DeliveryPolicy::default(), 1);
+    outbox.push(pki.now, frame.clone()).unwrap();
+    let tx = outbox.poll_transmit(pki.now).expect("due");
+    assert_eq!(t.send(pki.now, &tx), opsdata::Outcome::Transient);
+    assert!(svc.stats().over_limit >= 1);
+    // ...until the service closes it (well before this 20 s cap).
+    assert!(
+        trickle_until_closed(&mut slow, &record, StdDuration::from_secs(20)),
+        "the trickling peer was not closed"
+    );
+    // The slot is free again: a real agent gets through.
+    assert!(deliver_eventually(&pki, handle.addr(), &frame));
+    handle.stop();
+    assert!(svc.stats().handshake_failures >= 1);
+}
+
+#[test]
+fn regression_a_frame_trickled_inside_a_tls_record_is_closed_at_the_frame_deadline() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = strict_service(&pki, &clock);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+
+    // An authenticated client: handshake done, then one frame sealed into a
+    // single TLS record whose bytes are written one by one.
+    let issued = pki.agent(WS_A);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates({
+        let mut r = rustls::RootCertStore::empty();
+        r.add(pki.service_ca.der.clone()).unwrap();
+        r
+    })
+    .with_client_auth_cert(
+        vec![issued.der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
+    )
+    .unwrap();
+    let mut tcp = TcpStream::connect(handle.addr()).unwrap();
+    tcp.set_read_timeout(Some(StdDuration::from_secs(5)))
+        .unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    conn.writer().write_all(frame.as_bytes()).unwrap();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    assert!(
+        trickle_until_closed(&mut tcp, &wire, StdDuration::from_secs(20)),
+        "the trickling peer was not closed"
+    );
+    // The frame never arrived whole, so nothing was stored.
+    assert!(listed(&svc, tenant(WS_A)).is_empty());
+    assert!(deliver_eventually(&pki, handle.addr(), &frame));
+    handle.stop();
+}
+
+/// A blob store whose puts wait at a gate, then fail or succeed.
+#[derive(Clone, Default)]
+struct GatedStore {
+    inner: MemoryBlobStore,
+    /// (open, fail the puts): set by the test.
+    gate: Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+    entered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store refused")]
+struct Refused;
+
+impl opsdata::BlobStore for GatedStore {
+    type Error = Refused;
+
+    fn put(&mut self, tenant: TenantId, object: ObjectKey, frame: &Frame) -> Result<(), Refused> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let (m, cv) = &*self.gate;
+        let mut g = m.lock().unwrap();
+        while !g.0 {
+            g = cv.wait(g).unwrap();
+        }
+        if g.1 {
+            return Err(Refused);
+        }
+        self.inner.put(tenant, object, frame).map_err(|_| Refused)
+    }
+
+    fn get(&self, t: TenantId, o: ObjectKey) -> Result<Option<bytes::Bytes>, Refused> {
+        self.inner.get(t, o).map_err(|_| Refused)
+    }
+
+    fn list(&self, t: TenantId) -> Result<Vec<ObjectKey>, Refused> {
+        self.inner.list(t).map_err(|_| Refused)
+    }
+
+    fn delete(&mut self, t: TenantId, o: ObjectKey) -> Result<(), Refused> {
+        self.inner.delete(t, o).map_err(|_| Refused)
+    }
+}
+
+#[test]
+fn regression_a_slow_store_does_not_hold_the_state_and_an_in_flight_retry_is_transient() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let store = GatedStore::default();
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_key_store(SharedKeys::default(), wrapping_key())
+        .with_provisioning(RotationPolicy::default());
+    let svc = Arc::new(
+        TlsService::new(
+            config,
+            store.clone(),
+            Box::new(SystemEntropy::new()),
+            clock.clock(),
+        )
+        .unwrap(),
+    );
+    let handle = svc
+        .spawn(TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let addr = handle.addr();
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    let transmit = |f: &Frame| {
+        let mut o = Outbox::new(DeliveryPolicy::default(), 1);
+        o.push(pki.now, f.clone()).unwrap();
+        o.poll_transmit(pki.now).expect("due")
+    };
+    let tx = transmit(&frame);
+
+    // The first copy reaches the store and waits there.
+    let mut first = transport(&pki, addr, &identity(&pki.agent(WS_A)));
+    let tx1 = tx.clone();
+    let sender = std::thread::spawn(move || {
+        let outcome = first.send(pki.now, &tx1);
+        (outcome, first.stats())
+    });
+    while store.entered.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(StdDuration::from_millis(10));
+    }
+
+    // Meanwhile a retry of the same batch is answered (the state is not
+    // locked by the store), transient: it is not stored yet.
+    let mut second = transport(&pki, addr, &identity(&pki.agent(WS_A)));
+    assert_eq!(second.send(pki.now, &tx), opsdata::Outcome::Transient);
+    assert_eq!(second.stats().acked, 1, "{:?}", second.last_error());
+
+    // The store fails: the first copy is answered transient and the batch
+    // forgotten, so the retry is stored, not taken for a duplicate.
+    {
+        let (m, cv) = &*store.gate;
+        *m.lock().unwrap() = (true, true);
+        cv.notify_all();
+    }
+    let (outcome, stats) = sender.join().unwrap();
+    assert_eq!(outcome, opsdata::Outcome::Transient);
+    assert_eq!(stats.acked, 1);
+    {
+        let (m, _) = &*store.gate;
+        *m.lock().unwrap() = (true, false);
+    }
+    assert_eq!(second.send(pki.now, &tx), opsdata::Outcome::Delivered);
+    handle.stop();
+    let st = svc.lock().stats(tenant(WS_A));
+    assert_eq!((st.store_failures, st.duplicates), (1, 0));
+    assert_eq!(
+        opsdata::BlobStore::list(&*svc.store(), tenant(WS_A)).unwrap(),
+        vec![ObjectKey::for_batch(frame.batch_id())]
+    );
+}
+
+#[test]
+fn regression_a_worker_that_panics_gives_its_connection_slot_back() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let settings = ServiceSettings::default().with_max_connections(1).unwrap();
+    let config = ServiceConfig::new(identity(&pki.service), vec![pki.enrollment.der.clone()])
+        .with_settings(settings)
+        .with_key_store(SharedKeys::default(), wrapping_key())
+        .with_provisioning(RotationPolicy::default());
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let p = panicked.clone();
+    let svc = Arc::new(
+        TlsService::new(
+            config,
+            MemoryBlobStore::new(),
+            Box::new(SystemEntropy::new()),
+            clock.clock(),
+        )
+        .unwrap()
+        // The first connection's observer call panics.
+        .with_observer(move |e| {
+            if matches!(e, opsdata_io::ServiceEvent::Connected { .. })
+                && !p.swap(true, Ordering::SeqCst)
+            {
+                panic!("observer panics");
+            }
+        }),
+    );
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let frame = records::frames(tenant(WS_A), pki.now, 0, &mut next_id).remove(0);
+    assert!(deliver_eventually(&pki, handle.addr(), &frame));
+    assert!(panicked.load(Ordering::SeqCst));
+    handle.stop();
+}
+
+#[test]
+fn regression_stop_returns_for_a_service_listening_on_the_wildcard_address() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = service(&pki, &clock);
+    let handle = listen(&svc, "0.0.0.0:0".parse().unwrap());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        handle.stop();
+        let _ = done_tx.send(());
+    });
+    // Generous: stop returns at once when it can wake its accept.
+    assert!(
+        done_rx.recv_timeout(StdDuration::from_secs(10)).is_ok(),
+        "stop did not return"
+    );
 }
