@@ -4,14 +4,38 @@
 //! spool directory. The service runs here, in the parent: a plain TCP
 //! listener speaking `docs/WIRE.md` (frames in, acknowledgements out) into
 //! the core's `Ingest`, authenticated by a `Principal` from an agent
-//! certificate made with rcgen. At the end every record the child journaled
-//! as pushed must be stored by the service or journaled as dropped, and the
-//! duplicates the ingest de-duplicated are at most one per kill.
+//! certificate made with rcgen.
+//!
+//! Drops happen for real: the service rejects a fixed subset of batch ids
+//! (`Rejected`), some cycles run with a small outbox limit (`QueueFull`, at
+//! push and at recovery), and in the cycles where the service is
+//! unreachable the child's clock runs ten minutes a push, so its tenant goes
+//! past the two-hour cache window and is queued while the limit drops the
+//! oldest batches.
+//!
+//! The child drives the core `Outbox` itself, not the `Agent` driver (which
+//! applies a dropped batch's `Remove` before the host sees its `Dropped`
+//! event, so a kill between the two would lose the report): after each
+//! input it journals every `Dropped` event (synced) before applying any
+//! storage operation, and on restart it removes, before recovery, the
+//! frames its journal already names as dropped (a drop journaled is
+//! committed: it is not sent after a kill). It pauses after journaling
+//! drops (`CRASH_WINDOW`), so that kills land between a drop on record and
+//! its `Remove`: with the `Agent`'s order there, the test finds records
+//! lost; without the removal at restart, drops journaled twice.
+//!
+//! At the end, against the service's store: every record journaled as
+//! pushed is stored or journaled as dropped; a record is journaled as
+//! dropped at most once; only the push under way at a kill can be stored or
+//! dropped without being journaled as pushed; no rejected batch is stored;
+//! a record both stored and dropped was delivered with its acknowledgement
+//! lost to a kill and evicted after the restart, so that these and the
+//! ingest's de-duplicated resends together number at most one per kill.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,9 +47,10 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use common::{frame, seqs_of, t0, tenant};
 use opsdata::{
-    Agent, BatchId, DeliveryEvent, DeliveryPolicy, DeterministicEntropy, EnrollmentCa,
+    BatchId, DeliveryEvent, DeliveryPolicy, DeterministicEntropy, DropReason, EnrollmentCa,
     FIXED_HEADER_LEN, FrameHeader, FrameLimits, Ingest, IngestConfig, KeyRing, MemoryBlobStore,
-    Outcome, Principal, RotationPolicy, Transmit, Transport, apply_store_op, read_back,
+    Outbox, Outcome, Principal, RotationPolicy, Spool, StorageOp, Transmit, apply_store_op,
+    read_back,
 };
 use opsdata_io::{Ack, FileSpool, SpoolConfig};
 use rcgen::{
@@ -38,10 +63,13 @@ const ENV_DIR: &str = "OPSDATA_CRASH_DIR";
 const ENV_PORT: &str = "OPSDATA_CRASH_PORT";
 const ENV_CYCLE: &str = "OPSDATA_CRASH_CYCLE";
 const ENV_DRAIN: &str = "OPSDATA_CRASH_DRAIN";
+const ENV_LIMIT: &str = "OPSDATA_CRASH_LIMIT";
 const CYCLES: u64 = 60;
 const SEED: u64 = 0x5eed_c0de;
 /// Sequence numbers of cycle `c` are `c * SEQ_STRIDE + i`.
 const SEQ_STRIDE: u64 = 1_000_000;
+/// The child's pause between journaling drops and applying their removes.
+const CRASH_WINDOW: StdDuration = StdDuration::from_millis(20);
 
 fn limits() -> FrameLimits {
     FrameLimits::default().with_max_body(64 << 10).unwrap()
@@ -54,6 +82,11 @@ fn spool_config() -> SpoolConfig {
         .unwrap()
         .with_segment_bytes(128 << 10)
         .unwrap()
+}
+
+/// Whether the service rejects the batch of `seq` (one in sixteen, fixed).
+fn rejected(seq: u64) -> bool {
+    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60 == 0
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -98,10 +131,8 @@ impl TcpTransport {
             Outcome::Transient
         })
     }
-}
 
-impl Transport for TcpTransport {
-    fn send(&mut self, _now: DateTime<Utc>, tx: &Transmit) -> Outcome {
+    fn send(&mut self, tx: &Transmit) -> Outcome {
         self.exchange(tx).unwrap_or_else(|_| {
             self.conn = None;
             Outcome::Transient
@@ -109,52 +140,172 @@ impl Transport for TcpTransport {
     }
 }
 
-/// The child's journal: one line per fact, synced before going on. A line
-/// repeats its number so a torn line is recognised and ignored.
+/// The journal's kinds of line.
+const PUSHED: char = 'P';
+const DROPPED_FULL: char = 'Q';
+const DROPPED_REJECTED: char = 'R';
+const DROPPED_OTHER: char = 'E';
+/// A tenant queued (past the cache window); the number is the cycle.
+const QUEUED: char = 'K';
+/// A drop on record whose frame a restart found still in the spool (the
+/// kill came before its `Remove`) and removed.
+const COMPLETED: char = 'C';
+
+fn is_drop(kind: char) -> bool {
+    matches!(kind, DROPPED_FULL | DROPPED_REJECTED | DROPPED_OTHER)
+}
+
+/// The whole lines of a journal: `kind n n`. A line repeats its number so
+/// one torn by a kill is recognised and ignored.
+fn parse_journal(text: &str) -> Vec<(char, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let [kind, a, b] = parts[..] else {
+                return None;
+            };
+            let mut chars = kind.chars();
+            let (Some(kind), None) = (chars.next(), chars.next()) else {
+                return None;
+            };
+            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+                return None;
+            };
+            (a == b).then_some((kind, a))
+        })
+        .collect()
+}
+
+/// The child's journal: lines of facts, synced before going on.
 struct Journal(File);
 impl Journal {
-    fn open(path: &Path) -> Journal {
+    /// Opens the journal and returns the lines it already holds.
+    fn open(path: &Path) -> (Journal, Vec<(char, u64)>) {
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(path)
             .unwrap();
+        let mut all = String::new();
+        File::open(path).unwrap().read_to_string(&mut all).unwrap();
         // A line torn by a kill: end it so the next one starts clean.
-        let len = f.metadata().unwrap().len();
-        if len > 0 {
-            let mut all = Vec::new();
-            File::open(path).unwrap().read_to_end(&mut all).unwrap();
-            if all.last() != Some(&b'\n') {
-                f.write_all(b"\n").unwrap();
-            }
+        if !all.is_empty() && !all.ends_with('\n') {
+            f.write_all(b"\n").unwrap();
         }
-        Journal(f)
+        (Journal(f), parse_journal(&all))
     }
-    fn record(&mut self, kind: char, seq: u64) {
-        self.0
-            .write_all(format!("{kind} {seq} {seq}\n").as_bytes())
-            .unwrap();
+    fn write(&mut self, lines: &str) {
+        if lines.is_empty() {
+            return;
+        }
+        self.0.write_all(lines.as_bytes()).unwrap();
         self.0.sync_data().unwrap();
     }
+}
+
+fn line(kind: char, n: u64) -> String {
+    format!("{kind} {n} {n}\n")
 }
 
 fn seq_of(id: BatchId) -> u64 {
     u64::try_from(id.as_uuid().as_u128() - 1).unwrap()
 }
 
-fn journal_events(agent: &mut Agent<TcpTransport, FileSpool>, journal: &mut Journal) {
-    while let Some(e) = agent.poll_event() {
-        if let DeliveryEvent::Dropped { batch_id, .. } = e {
-            journal.record('D', seq_of(batch_id));
-        }
-    }
+/// The outbox limit for `frames` frames of the size the test pushes.
+fn limit_for(frames: u64) -> u64 {
+    frames * frame(CYCLES * SEQ_STRIDE, 2, 40).len() as u64
 }
 
-fn policy() -> DeliveryPolicy {
+fn policy(limit_bytes: u64) -> DeliveryPolicy {
     DeliveryPolicy::default()
-        .with_limit_bytes(spool_config().outbox_limit_bytes())
+        .with_limit_bytes(limit_bytes)
         .unwrap()
+}
+
+/// The child's host loop around the core `Outbox`, in the crash-safe order:
+/// events first (every `Dropped` journaled and synced), then the storage
+/// operations (so a dropped batch leaves the spool only once its drop is on
+/// record), then one send, and again until nothing is left to do.
+struct Host {
+    cycle: u64,
+    outbox: Outbox,
+    spool: FileSpool,
+    transport: TcpTransport,
+    journal: Journal,
+    /// A pause after drops are on record, before their removes.
+    window: StdDuration,
+}
+
+impl Host {
+    fn journal_events(&mut self) {
+        let mut lines = String::new();
+        let mut drops = false;
+        while let Some(e) = self.outbox.poll_event() {
+            match e {
+                DeliveryEvent::Dropped {
+                    batch_id, reason, ..
+                } => {
+                    let kind = match reason {
+                        DropReason::QueueFull => DROPPED_FULL,
+                        DropReason::Rejected => DROPPED_REJECTED,
+                        _ => DROPPED_OTHER,
+                    };
+                    lines.push_str(&line(kind, seq_of(batch_id)));
+                    drops = true;
+                }
+                DeliveryEvent::Queued { .. } => lines.push_str(&line(QUEUED, self.cycle)),
+                _ => {}
+            }
+        }
+        self.journal.write(&lines);
+        if drops {
+            // Widen the window between a drop on record and its `Remove`,
+            // so that kills land there: a host that applied the `Remove`
+            // first would lose the report here.
+            std::thread::sleep(self.window);
+        }
+    }
+
+    fn apply_storage(&mut self) {
+        while let Some(op) = self.outbox.poll_storage() {
+            match op {
+                StorageOp::Persist { batch_id, frame } => {
+                    self.spool.persist(batch_id, &frame).unwrap();
+                }
+                StorageOp::Remove { batch_id } => self.spool.remove(batch_id).unwrap(),
+                other => panic!("unexpected storage operation {other:?}"),
+            }
+        }
+    }
+
+    /// Drains the outbox after an input. Ends: each send either removes its
+    /// batch (delivered, rejected) or puts the tenant offline with its next
+    /// attempt strictly later (the service never throttles).
+    fn settle(&mut self, now: DateTime<Utc>) {
+        loop {
+            self.journal_events();
+            self.apply_storage();
+            let Some(tx) = self.outbox.poll_transmit(now) else {
+                break;
+            };
+            let outcome = self.transport.send(&tx);
+            self.outbox
+                .handle_outcome(now, tx.batch_id, outcome)
+                .unwrap();
+        }
+    }
+
+    fn push(&mut self, now: DateTime<Utc>, seq: u64) {
+        self.outbox.handle_timeout(now);
+        self.outbox.push(now, frame(seq, 2, 40)).unwrap();
+        // Drops the push caused (its own included), then its persist: only
+        // then is it pushed, before it may be sent.
+        self.journal_events();
+        self.apply_storage();
+        self.journal.write(&line(PUSHED, seq));
+        self.settle(now);
+    }
 }
 
 /// Run by `crash_cycles` in a child process; does nothing when run
@@ -168,37 +319,73 @@ fn crash_child() {
     let dir = PathBuf::from(dir);
     let port: u16 = std::env::var(ENV_PORT).unwrap().parse().unwrap();
     let cycle: u64 = std::env::var(ENV_CYCLE).unwrap().parse().unwrap();
+    let limit_bytes: u64 = std::env::var(ENV_LIMIT).unwrap().parse().unwrap();
     let drain = std::env::var(ENV_DRAIN).is_ok();
-    let mut journal = Journal::open(&dir.join("journal.log"));
-    let (spool, _) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
-    let transport = TcpTransport {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        conn: None,
+    let (mut journal, lines) = Journal::open(&dir.join("journal.log"));
+    let (mut spool, _) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
+    // A drop on record is committed: finish it (its `Remove` may not have
+    // been applied before the kill) rather than send the batch again.
+    let committed: BTreeSet<u64> = lines
+        .iter()
+        .filter(|(kind, _)| is_drop(*kind))
+        .map(|&(_, seq)| seq)
+        .collect();
+    let mut frames = Vec::new();
+    spool.load(&mut |bytes| frames.push(bytes)).unwrap();
+    let mut kept = Vec::new();
+    let mut completed = String::new();
+    for bytes in frames {
+        let head: &[u8; FIXED_HEADER_LEN] = bytes[..FIXED_HEADER_LEN].try_into().unwrap();
+        let id = FrameHeader::parse(head).unwrap().batch_id;
+        if committed.contains(&seq_of(id)) {
+            spool.remove(id).unwrap();
+            completed.push_str(&line(COMPLETED, seq_of(id)));
+        } else {
+            kept.push(bytes);
+        }
+    }
+    journal.write(&completed);
+    // A clock of our own: a month per cycle, ten minutes per push, so an
+    // unreachable service is past the two-hour cache window in 12 pushes.
+    let mut now = t0() + Duration::days(30 * i64::try_from(cycle).unwrap());
+    let (outbox, report) = Outbox::recover(policy(limit_bytes), SEED ^ cycle, now, kept, &limits());
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.duplicates, 0);
+    let mut host = Host {
+        cycle,
+        outbox,
+        spool,
+        transport: TcpTransport {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            conn: None,
+        },
+        journal,
+        window: if drain {
+            StdDuration::ZERO
+        } else {
+            CRASH_WINDOW
+        },
     };
-    // A clock of our own: an hour per cycle, a millisecond per push.
-    let mut now = t0() + Duration::hours(i64::try_from(cycle).unwrap());
-    let (mut agent, _) =
-        Agent::recover(policy(), SEED ^ cycle, now, transport, spool, &limits()).unwrap();
-    journal_events(&mut agent, &mut journal);
+    // Recovery's drops are journaled before their removes are applied.
+    host.settle(now);
     if drain {
+        // The service is reachable: everything goes out now, or on the
+        // retry schedule should a send fail.
         for _ in 0..1000 {
-            if agent.outbox().held_bytes() == 0 {
+            if host.outbox.held_batches() == 0 {
                 break;
             }
-            now = agent.next_wakeup().unwrap_or(now).max(now);
-            agent.tick(now).unwrap();
-            journal_events(&mut agent, &mut journal);
+            now = host.outbox.poll_timeout().unwrap_or(now).max(now);
+            host.outbox.handle_timeout(now);
+            host.settle(now);
         }
-        assert_eq!(agent.outbox().held_bytes(), 0, "drained");
-        assert!(agent.spool().is_empty());
+        assert_eq!(host.outbox.held_batches(), 0, "drained");
+        assert!(host.spool.is_empty());
         return;
     }
     for i in 0..SEQ_STRIDE {
-        let seq = cycle * SEQ_STRIDE + i;
-        now += Duration::milliseconds(1);
-        agent.push(now, frame(seq, 2, 40)).unwrap();
-        journal.record('P', seq);
-        journal_events(&mut agent, &mut journal);
+        now += Duration::minutes(10);
+        host.push(now, cycle * SEQ_STRIDE + i);
     }
 }
 
@@ -283,7 +470,10 @@ fn serve(mut conn: TcpStream, service: &Mutex<Service>) {
             // The child was killed mid-frame.
             return;
         }
-        let outcome = {
+        let outcome = if rejected(seq_of(header.batch_id)) {
+            // Refused for good, as for bad data; never stored.
+            Outcome::Rejected
+        } else {
             let mut s = service.lock().unwrap();
             let s = &mut *s;
             let report = s
@@ -317,7 +507,13 @@ fn dead_port() -> u16 {
         .port()
 }
 
-fn spawn_child(dir: &Path, port: u16, cycle: u64, drain: bool) -> std::process::Child {
+fn spawn_child(
+    dir: &Path,
+    port: u16,
+    cycle: u64,
+    limit_bytes: u64,
+    drain: bool,
+) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         CHILD_TEST,
@@ -329,6 +525,7 @@ fn spawn_child(dir: &Path, port: u16, cycle: u64, drain: bool) -> std::process::
     .env(ENV_DIR, dir)
     .env(ENV_PORT, port.to_string())
     .env(ENV_CYCLE, cycle.to_string())
+    .env(ENV_LIMIT, limit_bytes.to_string())
     .stdout(Stdio::null())
     .stderr(File::create(dir.join(format!("child-{cycle}.err"))).unwrap());
     if drain {
@@ -346,6 +543,10 @@ fn crash_cycles() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("crash");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
+    eprintln!(
+        "crash: seed {SEED:#x}, {CYCLES} cycles, files in {}",
+        dir.display()
+    );
 
     let ingest = Ingest::new(IngestConfig::default().with_limits(limits()));
     let service = Arc::new(Mutex::new(Service {
@@ -367,19 +568,30 @@ fn crash_cycles() {
         });
     }
 
+    let big = spool_config().outbox_limit_bytes();
     let mut rng = Rng(SEED);
     let mut kills = 0u64;
     let mut offline_cycles = 0;
+    let mut small_cycles = 0;
     for cycle in 0..CYCLES {
-        // One cycle in five, the service is unreachable.
-        let offline = rng.below(5) == 0;
+        // One cycle in four, the service is unreachable; one in three, the
+        // outbox holds a few frames only (at push, and at recovery of what
+        // an earlier cycle left).
+        let offline = rng.below(4) == 0;
+        let small = rng.below(3) == 0;
         offline_cycles += u64::from(offline);
+        small_cycles += u64::from(small);
+        let limit = if small {
+            limit_for(4 + rng.below(20))
+        } else {
+            big
+        };
         let p = if offline { dead_port() } else { port };
-        let mut child = spawn_child(&dir, p, cycle, false);
+        let mut child = spawn_child(&dir, p, cycle, limit, false);
         std::thread::sleep(StdDuration::from_millis(30 + rng.below(200)));
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
-                "child {cycle} exited before the kill ({status}):\n{}",
+                "seed {SEED:#x}: child {cycle} exited before the kill ({status}):\n{}",
                 child_stderr(&dir, cycle)
             );
         }
@@ -388,33 +600,36 @@ fn crash_cycles() {
         kills += 1;
     }
     // A last run, not killed, delivers the backlog and exits.
-    let mut child = spawn_child(&dir, port, CYCLES, true);
+    let mut child = spawn_child(&dir, port, CYCLES, big, true);
     let status = child.wait().unwrap();
     assert!(
         status.success(),
-        "drain child failed:\n{}",
+        "seed {SEED:#x}: drain child failed:\n{}",
         child_stderr(&dir, CYCLES)
     );
 
     // What the child journaled.
     let journal = fs::read_to_string(dir.join("journal.log")).unwrap();
     let mut pushed = BTreeSet::new();
-    let mut dropped = BTreeSet::new();
-    for line in journal.lines() {
-        let parts: Vec<&str> = line.split(' ').collect();
-        let [kind, a, b] = parts[..] else { continue };
-        let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
-            continue;
-        };
-        if a != b {
-            continue; // torn by a kill
+    let mut dropped_full = BTreeSet::new();
+    let mut dropped_rejected = BTreeSet::new();
+    let mut drop_lines: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut queued_cycles = BTreeSet::new();
+    let mut completed = BTreeSet::new();
+    for (kind, n) in parse_journal(&journal) {
+        if is_drop(kind) {
+            *drop_lines.entry(n).or_default() += 1;
         }
         match kind {
-            "P" => pushed.insert(a),
-            "D" => dropped.insert(a),
-            _ => continue,
-        };
+            PUSHED => assert!(pushed.insert(n), "seed {SEED:#x}: {n} pushed twice"),
+            DROPPED_FULL => _ = dropped_full.insert(n),
+            DROPPED_REJECTED => _ = dropped_rejected.insert(n),
+            QUEUED => _ = queued_cycles.insert(n),
+            COMPLETED => _ = completed.insert(n),
+            other => panic!("seed {SEED:#x}: journal line {other} {n}"),
+        }
     }
+    let dropped: BTreeSet<u64> = dropped_full.union(&dropped_rejected).copied().collect();
     // What the service stored.
     let s = service.lock().unwrap();
     let mut delivered = BTreeSet::new();
@@ -428,48 +643,97 @@ fn crash_cycles() {
         assert!(delivered.insert(seqs[0]), "stored once");
     }
     let stats = s.ingest.stats(tenant());
-
-    assert!(
-        pushed.len() > 100,
-        "the children made progress: {}",
-        pushed.len()
+    drop(s);
+    let report = format!(
+        "seed {SEED:#x}: {kills} kills ({offline_cycles} offline, {small_cycles} with a small \
+         outbox, {} queued), {} pushed, {} delivered, {} dropped ({} queue full, {} rejected), \
+         {} duplicates",
+        queued_cycles.len(),
+        pushed.len(),
+        delivered.len(),
+        dropped.len(),
+        dropped_full.len(),
+        dropped_rejected.len(),
+        stats.duplicates,
     );
-    assert!(offline_cycles > 0 && offline_cycles < CYCLES);
+
+    // Nothing lost: every record pushed is stored or its drop is on record.
     let lost: Vec<u64> = pushed
         .iter()
         .filter(|q| !delivered.contains(q) && !dropped.contains(q))
         .copied()
         .collect();
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    // Delivered but not journaled: pushed when the kill came, before the
-    // journal line. At most one per kill, and only of a cycle's last push.
-    let unjournaled: Vec<u64> = delivered.difference(&pushed).copied().collect();
-    assert!(unjournaled.len() as u64 <= kills, "{unjournaled:?}");
-    for q in &unjournaled {
+    assert!(lost.is_empty(), "{report}: lost {lost:?}");
+    // Each drop is journaled once: a drop on record is never made again
+    // after a restart (its batch is neither resent nor recovered).
+    let twice: Vec<u64> = drop_lines
+        .iter()
+        .filter(|&(_, &n)| n > 1)
+        .map(|(&q, _)| q)
+        .collect();
+    assert!(twice.is_empty(), "{report}: dropped twice {twice:?}");
+    // Rejections are the service's, and nothing rejected is stored.
+    assert!(
+        dropped_rejected.iter().all(|&q| rejected(q)),
+        "{report}: rejected without the service's word"
+    );
+    assert!(
+        delivered.iter().all(|&q| !rejected(q)),
+        "{report}: a rejected batch was stored"
+    );
+    // Stored or dropped without a `P` line: only the push under way at a
+    // kill (persisted, or dropped at its push, before its line), so the
+    // cycle's next seq after its last journaled push, one per cycle at most.
+    let mut last_pushed: BTreeMap<u64, u64> = BTreeMap::new();
+    for &q in &pushed {
+        last_pushed.insert(q / SEQ_STRIDE, q);
+    }
+    let unjournaled: Vec<u64> = delivered
+        .union(&dropped)
+        .filter(|q| !pushed.contains(q))
+        .copied()
+        .collect();
+    for &q in &unjournaled {
         let cycle = q / SEQ_STRIDE;
-        assert!(cycle < CYCLES);
+        let next = last_pushed
+            .get(&cycle)
+            .map_or(cycle * SEQ_STRIDE, |last| last + 1);
         assert!(
-            !pushed.contains(&(q + 1)),
-            "seq {q} is not the last push of its cycle"
+            cycle < CYCLES && q == next,
+            "{report}: {q} not the push under way at its cycle's kill"
         );
     }
-    // Duplicates: only batches in flight at a kill, one per kill at most.
+    // Both stored and dropped: only a batch the service took whose
+    // acknowledgement a kill cut off, evicted after the restart (a rejected
+    // one is never stored). A kill cuts off at most one send, whose batch is
+    // then either resent (a duplicate for the ingest) or so dropped.
+    let both: Vec<u64> = delivered.intersection(&dropped).copied().collect();
     assert!(
-        stats.duplicates <= kills,
-        "{} duplicates for {kills} kills",
+        both.iter().all(|q| dropped_full.contains(q)),
+        "{report}: stored and rejected {both:?}"
+    );
+    assert!(
+        stats.duplicates + both.len() as u64 <= kills,
+        "{report}: {} duplicates and {both:?} both stored and dropped, for {kills} kills",
         stats.duplicates
     );
-    assert_eq!(stats.frames as usize, delivered.len());
-    drop(s);
+    assert_eq!(stats.frames as usize, delivered.len(), "{report}");
     // Nothing left in the spool.
     let (_, rec) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
-    assert_eq!((rec.frames, rec.held_bytes), (0, 0));
+    assert_eq!((rec.frames, rec.held_bytes), (0, 0), "{report}");
+    // The run exercised what it is for.
+    assert!(pushed.len() > 100, "{report}: too little progress");
+    assert!(offline_cycles > 0 && offline_cycles < CYCLES, "{report}");
+    assert!(!dropped_full.is_empty(), "{report}: no queue-full drops");
+    assert!(!dropped_rejected.is_empty(), "{report}: no rejections");
+    assert!(!queued_cycles.is_empty(), "{report}: never queued");
+    // Drops completed at a restart are drops on record.
+    assert!(completed.is_subset(&dropped), "{report}");
     eprintln!(
-        "crash: {kills} kills, {offline_cycles} offline cycles, {} pushed, {} delivered, {} dropped, {} duplicates, {} unjournaled",
-        pushed.len(),
-        delivered.len(),
-        dropped.len(),
-        stats.duplicates,
-        unjournaled.len()
+        "crash: {report}, {} unjournaled, {} both stored and dropped, {} drops on record \
+         completed at a restart",
+        unjournaled.len(),
+        both.len(),
+        completed.len()
     );
 }

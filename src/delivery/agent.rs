@@ -183,6 +183,15 @@ pub enum AgentError<E: std::error::Error + 'static> {
 /// fails and is due again at once (after a `Throttled` with no wait, or at
 /// `DateTime::MAX_UTC`, where retry times saturate) is sent again on the
 /// next call, not in a loop within this one.
+///
+/// **Drop reports are not crash-safe**: the driver applies a dropped
+/// batch's [`StorageOp::Remove`] to the spool within the call that drops
+/// it, before the host can see its [`DeliveryEvent::Dropped`] through
+/// [`poll_event`](Agent::poll_event); a crash between the two loses the
+/// report (the frame is gone from the spool, so no restart reports it
+/// again). A host that must report every drop across crashes drives the
+/// [`Outbox`] itself and records each `Dropped` event durably before
+/// applying the `Remove`s (as `opsdata-io/tests/crash.rs` does).
 #[derive(Debug)]
 pub struct Agent<T, S: Spool> {
     outbox: Outbox,

@@ -189,6 +189,12 @@ pub struct RecoveryReport {
 /// scheduled). An early or repeated `handle_timeout` does nothing; a `now`
 /// earlier than one already seen is taken as the latest seen.
 ///
+/// Events may also be polled before the storage operations: recording each
+/// [`DeliveryEvent::Dropped`] durably before applying the
+/// [`StorageOp::Remove`] of its batch is how a host makes drop reports
+/// crash-safe (after a crash in between, the frame is still in the spool
+/// and its drop on record; the host removes it, or reports it again).
+///
 /// Every frame pushed ends in exactly one [`DeliveryEvent::Delivered`] or
 /// [`DeliveryEvent::Dropped`], or is still held.
 ///
