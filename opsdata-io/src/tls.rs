@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use opsdata::{
-    AuthError, BatchId, BlobStore, Credential, DataType, Decoded, EnrollmentCa, Entropy,
-    FIXED_HEADER_LEN, Frame, FrameDecoder, FrameError, FrameHeader, FrameLimits, Ingest,
+    AuthError, BatchId, BlobStore, CertificateInfo, Credential, DataType, Decoded, EnrollmentCa,
+    Entropy, FIXED_HEADER_LEN, Frame, FrameDecoder, FrameError, FrameHeader, FrameLimits, Ingest,
     IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore, Outcome, Principal, RotationPolicy,
     StoreOp, TenantId, TenantStats, Transmit, Transport, WrappingKey, apply_store_op, load_ring,
     save_ring,
@@ -109,6 +109,14 @@ pub enum TlsError {
     /// The service is at its connection limit.
     #[error("too many connections")]
     TooManyConnections,
+    /// The agent's certificate expired while its connection was open: the
+    /// frame read then is answered transient and the connection closed, so
+    /// the agent reconnects with its renewed certificate.
+    #[error("client certificate expired at {not_after}")]
+    CertificateExpired {
+        /// When it expired.
+        not_after: DateTime<Utc>,
+    },
     /// Provisioning key rings was asked for without a key store to keep
     /// them in: what they seal could not be opened after a restart.
     #[error("provisioning key rings needs a key store (ServiceConfig::with_key_store)")]
@@ -1268,11 +1276,41 @@ impl<B: BlobStore + Send + 'static> TlsService<B> {
                 _ => None,
             },
         });
+        // A kept connection must not outlive the certificate it was
+        // authenticated with: checked again before each frame.
+        let not_after = chain
+            .first()
+            .and_then(|c| CertificateInfo::parse(c).ok())
+            .map(|info| info.not_after());
         let mut decoder = FrameDecoder::new(self.settings.limits);
         loop {
             match self.read_frame(&mut tls, &mut decoder)? {
                 ReadFrame::End => return Ok(()),
                 ReadFrame::Frame(frame) => {
+                    let now = (self.clock)();
+                    let expired = match not_after {
+                        Some(t) => (now > t).then_some(t),
+                        // `authenticate` parsed the certificate, so this
+                        // cannot happen; if it did, refuse, never serve
+                        // unchecked.
+                        None => Some(DateTime::<Utc>::MIN_UTC),
+                    };
+                    if let Some(not_after) = expired {
+                        let ack = Ack {
+                            batch_id: Some(frame.batch_id()),
+                            outcome: Outcome::Transient,
+                        };
+                        tls.sock
+                            .set_deadline(Some(Instant::now() + self.settings.write_timeout));
+                        let _ = tls.write_all(&ack.encode());
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                        self.emit(ServiceEvent::Refused {
+                            peer,
+                            reason: format!("client certificate expired at {not_after}"),
+                        });
+                        return Err(TlsError::CertificateExpired { not_after });
+                    }
                     let outcome = self.ingest_frame(&principal, &frame);
                     *frames += 1;
                     self.counters.frames.fetch_add(1, Ordering::Relaxed);

@@ -941,3 +941,40 @@ fn regression_stop_returns_for_a_service_listening_on_the_wildcard_address() {
         "stop did not return"
     );
 }
+
+/// Regression: the certificate was checked only when the connection was
+/// made, so a kept connection went on being served after it expired.
+#[test]
+fn regression_a_kept_connection_is_not_served_past_its_certificates_expiry() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = service(&pki, &clock);
+    let handle = listen(&svc, "127.0.0.1:0".parse().unwrap());
+    let id = identity(&pki.agent(WS_A));
+    let a = tenant(WS_A);
+    let mut frames = records::frames(a, pki.now, 0, &mut next_id).into_iter();
+    let (first, second) = (frames.next().unwrap(), frames.next().unwrap());
+    let mut agent = agent(
+        transport(&pki, handle.addr(), &id),
+        DeliveryPolicy::default(),
+    );
+    agent.push(pki.now, first.clone()).unwrap();
+    assert!(agent.transport().is_connected());
+    assert!(stored(&svc, a, first.batch_id()).is_some());
+
+    // A year and a day later (the certificate is valid for a year), on the
+    // same connection.
+    clock.set(pki.now + Duration::days(366));
+    agent.push(pki.now, second.clone()).unwrap();
+    let evs = events(&mut agent);
+    assert!(
+        !evs.iter().any(|e| matches!(
+            e,
+            DeliveryEvent::Delivered { batch_id, .. } if *batch_id == second.batch_id()
+        )),
+        "{evs:?}"
+    );
+    assert!(stored(&svc, a, second.batch_id()).is_none());
+    assert_eq!(agent.outbox().held_batches(), 1, "kept for a retry");
+    drop(handle);
+}
