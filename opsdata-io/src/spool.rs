@@ -736,7 +736,16 @@ impl FileSpool {
 
         // The checkpoint: segments before its first are dead.
         let ckpt_path = dir.join(CHECKPOINT_NAME);
-        let first = match fs::read(&ckpt_path) {
+        // At most one byte past a checkpoint's length is read: whatever
+        // the file holds, a longer one is not a checkpoint.
+        let read_checkpoint = || -> io::Result<Vec<u8>> {
+            let mut b = Vec::with_capacity(21);
+            File::open(&ckpt_path)?
+                .take(CHECKPOINT_LEN + 1)
+                .read_to_end(&mut b)?;
+            Ok(b)
+        };
+        let first = match read_checkpoint() {
             Ok(b) => match <[u8; 20]>::try_from(b.as_slice())
                 .ok()
                 .and_then(|b| parse_versioned_record(CHECKPOINT_MAGIC, &b))

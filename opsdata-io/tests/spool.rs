@@ -109,6 +109,31 @@ fn a_second_open_of_the_same_directory_is_refused() {
 }
 
 #[test]
+fn a_damaged_or_oversized_checkpoint_is_ignored_and_nothing_is_lost() {
+    let d = dir("checkpoint");
+    let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
+    for n in 0..3 {
+        let f = frame(n, 1, 10);
+        spool.persist(f.batch_id(), &f).unwrap();
+    }
+    drop(spool);
+    // A checkpoint of the wrong length (1 MiB of zeros: read no further
+    // than a checkpoint's length), then one with a flipped bit.
+    fs::write(d.join("CHECKPOINT"), vec![0u8; 1 << 20]).unwrap();
+    let (mut spool, found) = FileSpool::open(&d, small()).unwrap();
+    assert!(found.checkpoint_ignored);
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 2]);
+    drop(spool);
+    let mut ck = vec![0u8; 20];
+    ck[..4].copy_from_slice(&opsdata_io::CHECKPOINT_MAGIC);
+    ck[4] = 1;
+    fs::write(d.join("CHECKPOINT"), &ck).unwrap();
+    let (mut spool, found) = FileSpool::open(&d, small()).unwrap();
+    assert!(found.checkpoint_ignored, "a bad CRC");
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 2]);
+}
+
+#[test]
 fn order_is_kept_across_compaction_and_reopen() {
     let d = dir("order");
     let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
