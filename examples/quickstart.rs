@@ -15,19 +15,20 @@
 // An example may read the wall clock and draw random ids; the library never does.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/records.rs"]
+mod records;
+
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
 use std::io::Write;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use opsdata::{
-    Agent, Alert, AlertPriority, AlertSeverity, AuthPolicy, BatchId, Batcher, BatcherConfig,
-    BlobStore, ChannelLevel, Configuration, CustomFields, DataType, DeliveryEvent, DeliveryPolicy,
-    EnrollmentKey, Event, FrameEncoder, FrameLimits, HealthState, Ingest, IngestConfig, KeyCensus,
-    KeyRing, MemoryBlobStore, MemorySpool, Metadata, Outbox, Outcome, Performance, Principal,
-    Record, RecordLimits, ResolutionState, RotationPolicy, State, SystemEntropy, Tagged, TenantId,
-    Transmit, Transport, WorkspaceKeys, apply_store_op, claimed_workspace, peek, read_back,
-    sign_data_collector, verify_data_collector,
+    Agent, AuthPolicy, BatchId, Batcher, BatcherConfig, BlobStore, DataType, DeliveryEvent,
+    DeliveryPolicy, EnrollmentKey, FrameEncoder, FrameLimits, Ingest, IngestConfig, KeyCensus,
+    KeyRing, MemoryBlobStore, MemorySpool, Outbox, Outcome, Principal, RecordLimits,
+    RotationPolicy, SystemEntropy, Tagged, TenantId, Transmit, Transport, WorkspaceKeys,
+    apply_store_op, claimed_workspace, peek, read_back, sign_data_collector, verify_data_collector,
 };
 use uuid::Uuid;
 
@@ -148,7 +149,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut batcher = Batcher::new(BatcherConfig::default(), &limits)?;
     let mut collected = 0;
     for (i, &tenant) in tenants.iter().enumerate() {
-        for record in sample_records(now, i) {
+        for record in records::sample_records(now, i) {
             record.validate(&RecordLimits::default())?;
             batcher.push(now, Tagged::new(tenant, record))?;
             collected += 1;
@@ -237,117 +238,4 @@ fn main() -> Result<(), Box<dyn Error>> {
 /// A seed for the outbox's retry jitter, from the OS.
 fn rand_seed() -> u64 {
     u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"))
-}
-
-/// One or more records of every type, as agent `n` might collect them.
-fn sample_records(now: DateTime<Utc>, n: usize) -> Vec<Record> {
-    let computer = format!("web{n:02}.contoso.com");
-    let entity = Uuid::new_v4();
-    let earlier = now - Duration::minutes(5);
-    let mut records = Vec::new();
-
-    records.push(Record::from(Alert {
-        alert_name: "Disk space low".into(),
-        alert_description: format!("Logical disk C: on {computer} has less than 10% free space."),
-        base_managed_entity_id: entity,
-        problem_id: Uuid::new_v4(),
-        is_monitor_alert: true,
-        rule_id: Uuid::new_v4(),
-        resolution_state: ResolutionState::NEW,
-        priority: AlertPriority::HIGH,
-        severity: AlertSeverity::CRITICAL,
-        category: "Capacity".into(),
-        owner: None,
-        resolved_by: None,
-        time_raised: earlier,
-        time_added: now,
-        last_modified: now,
-        last_modified_by: "System".into(),
-        last_modified_except_repeat_count: now,
-        time_resolved: None,
-        time_resolution_state_last_modified: now,
-        time_resolution_state_last_modified_in_db: now,
-        repeat_count: 0,
-    }));
-
-    records.push(Record::from(Configuration {
-        customer_id: Uuid::new_v4(),
-        agent_id: Uuid::new_v4(),
-        entity_id: entity,
-        managed_type_id: Uuid::new_v4(),
-        managed_type_property_id: Uuid::new_v4(),
-        current_value: "Automatic".into(),
-        change_date: earlier,
-    }));
-
-    let mut custom = CustomFields::new();
-    custom.insert("SiteName", "Default Web Site");
-    custom.insert("HttpStatus", 503);
-    records.push(Record::from(Event {
-        event_id: Uuid::new_v4(),
-        event_original_id: Uuid::new_v4(),
-        base_managed_entity_internal_id: 1001,
-        rule_id: Uuid::new_v4(),
-        publisher_id: Uuid::new_v4(),
-        publisher_name: "Microsoft-Windows-IIS".into(),
-        full_number: 1_073_743_833,
-        number: 2009,
-        category: 0,
-        channel_level: ChannelLevel::ERROR,
-        logging_computer: computer.clone(),
-        event_data: "<DataItem><Site>Default Web Site</Site></DataItem>".into(),
-        event_parameters: vec!["Default Web Site".into(), "503".into()],
-        time_generated: earlier,
-        time_added: now,
-        custom,
-    }));
-
-    records.push(Record::from(Metadata {
-        base_managed_entity_id: entity,
-        dns_name: Some(computer.clone()),
-        display_name: Some(computer.clone()),
-        ip_address: Some(format!("10.0.0.{}", 10 + n)),
-        logical_processors: Some(8),
-        physical_processors: Some(2),
-        is_virtual_machine: Some(true),
-        offset_in_minute_from_greenwich_time: Some(60),
-        last_inventory_date: Some(now),
-        ..Metadata::default()
-    }));
-
-    for (counter, value) in [("% Processor Time", 37.5), ("Available MBytes", 2048.0)] {
-        records.push(Record::from(Performance {
-            object_name: if counter.starts_with('%') {
-                "Processor".into()
-            } else {
-                "Memory".into()
-            },
-            counter_name: counter.into(),
-            perfmon_instance_name: "_Total".into(),
-            performance_data_id: Uuid::new_v4(),
-            performance_source_internal_id: 17,
-            sample_value: value,
-            time_sampled: now,
-            time_added: now,
-        }));
-    }
-
-    records.push(Record::from(State {
-        state_change_event_id: Uuid::new_v4(),
-        state_id: Uuid::new_v4(),
-        new_health_state: HealthState::WARNING,
-        old_health_state: HealthState::SUCCESS,
-        context: "<Context><Free>9.5</Free></Context>".into(),
-        time_generated: earlier,
-        time_added: now,
-        state_id2: Uuid::new_v4(),
-        base_managed_entity_id: entity,
-        monitor_id: Uuid::new_v4(),
-        health_state: HealthState::WARNING,
-        last_modified: now,
-        last_green_alert_generated: None,
-        database_time_modified: now,
-    }));
-
-    records
 }

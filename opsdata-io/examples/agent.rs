@@ -18,7 +18,7 @@
 // An example may read the wall clock and draw random ids; the library never does.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "support/records.rs"]
+#[path = "../../examples/support/records.rs"]
 mod records;
 
 use std::error::Error;

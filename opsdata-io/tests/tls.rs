@@ -12,7 +12,7 @@
 #[allow(dead_code)]
 #[path = "../examples/support/pki.rs"]
 mod pki;
-#[path = "../examples/support/records.rs"]
+#[path = "../../examples/support/records.rs"]
 mod records;
 
 use std::collections::{BTreeMap, BTreeSet};

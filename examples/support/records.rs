@@ -1,5 +1,7 @@
-//! Sample records of every one of the six types, shared by
-//! `examples/agent.rs` and `tests/tls.rs` (taken from the core's quickstart).
+//! Sample records of every one of the six types, shared by the core's
+//! `examples/quickstart.rs` and opsdata-io's `examples/agent.rs` and
+//! `tests/tls.rs`. Each includes what it uses.
+#![allow(dead_code)]
 
 use chrono::{DateTime, Duration, Utc};
 use opsdata::{
