@@ -252,7 +252,9 @@ impl SpoolConfig {
 
 /// Errors of [`FileSpool`]. Any error leaves what was already persisted
 /// intact: a failed append is cut back off the file and not counted, and
-/// later operations work once the cause is gone.
+/// later operations work once the cause is gone, except after a failed
+/// sync: the spool is then [`Poisoned`](SpoolError::Poisoned) until it is
+/// reopened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpoolError {
@@ -300,6 +302,13 @@ pub enum SpoolError {
         /// The longest allowed.
         max: u64,
     },
+    /// An earlier sync failed, so what the spool holds in memory may no
+    /// longer match the disk (a failed `fsync` may drop written pages, and
+    /// a later one may report success without writing them). Every
+    /// operation returns this until the spool is dropped and reopened,
+    /// which recovers from what is really on disk.
+    #[error("an earlier sync failed: reopen the spool")]
+    Poisoned,
     /// Another [`FileSpool`] (in this or another process) has the directory
     /// open.
     #[error("spool directory {} is in use", path.display())]
@@ -470,6 +479,17 @@ pub struct FileSpool {
     tail_len: u64,
     /// A failed append could not be cut off yet.
     tail_dirty: bool,
+    /// Bytes were appended to the tail since its last sync (markers, or
+    /// frames relocated by compaction that the index now points at).
+    tail_unsynced: bool,
+    /// A sync failed: every operation returns [`SpoolError::Poisoned`].
+    poisoned: bool,
+    /// Test hook: make every sync fail.
+    #[cfg(test)]
+    fail_syncs: bool,
+    /// Test hook: successful tail syncs.
+    #[cfg(test)]
+    tail_syncs: u64,
     disk_bytes: u64,
     held_bytes: u64,
     live_entry_bytes: u64,
@@ -959,6 +979,12 @@ impl FileSpool {
             tail,
             tail_len,
             tail_dirty: false,
+            tail_unsynced: false,
+            poisoned: false,
+            #[cfg(test)]
+            fail_syncs: false,
+            #[cfg(test)]
+            tail_syncs: 0,
             disk_bytes: 0,
             held_bytes,
             live_entry_bytes,
@@ -990,7 +1016,7 @@ impl FileSpool {
             to.push(CORRUPT_SUFFIX);
             let to = PathBuf::from(to);
             fs::rename(&from, &to).map_err(io_error("rename", &from))?;
-            sync_dir(&spool.dir)?;
+            spool.sync_directory()?;
             if let Some(info) = spool.segs.remove(&d.seg) {
                 spool.disk_bytes -= info.size;
             }
@@ -1105,6 +1131,7 @@ impl FileSpool {
             return Err(io_error("write", &path)(e));
         }
         self.tail_len += len;
+        self.tail_unsynced = true;
         self.disk_bytes += len;
         if let Some(info) = self.segs.get_mut(&self.tail_seg) {
             info.size += len;
@@ -1116,9 +1143,50 @@ impl FileSpool {
         self.append_parts(&[bytes])
     }
 
+    /// Fails with [`SpoolError::Poisoned`] once a sync has failed.
+    fn check_poisoned(&self) -> Result<(), SpoolError> {
+        if self.poisoned {
+            return Err(SpoolError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Runs a sync; a failure poisons the spool.
+    fn sync_with(
+        &mut self,
+        sync: impl FnOnce(&Self) -> Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
+        #[cfg(test)]
+        if self.fail_syncs {
+            self.poisoned = true;
+            return Err(SpoolError::Io {
+                op: "sync",
+                path: self.dir.clone(),
+                source: io::Error::other("test: sync fails"),
+            });
+        }
+        let result = sync(self);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
     fn sync_tail(&mut self) -> Result<(), SpoolError> {
-        let path = self.tail_path();
-        self.tail.sync_data().map_err(io_error("sync", &path))
+        self.sync_with(|s| {
+            let path = s.tail_path();
+            s.tail.sync_data().map_err(io_error("sync", &path))
+        })?;
+        self.tail_unsynced = false;
+        #[cfg(test)]
+        {
+            self.tail_syncs += 1;
+        }
+        Ok(())
+    }
+
+    fn sync_directory(&mut self) -> Result<(), SpoolError> {
+        self.sync_with(|s| sync_dir(&s.dir))
     }
 
     /// Closes the tail (synced) and starts the next segment.
@@ -1134,7 +1202,6 @@ impl FileSpool {
                 .write(true)
                 .open(&path)?;
             f.write_all(&versioned_record(SEGMENT_MAGIC, seg))?;
-            f.sync_data()?;
             Ok(f)
         };
         let file = match create() {
@@ -1144,7 +1211,11 @@ impl FileSpool {
                 return Err(io_error("create segment", &path)(e));
             }
         };
-        sync_dir(&self.dir)?;
+        if let Err(e) = self.sync_with(|_| file.sync_data().map_err(io_error("sync", &path))) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        self.sync_directory()?;
         self.tail = file;
         self.tail_seg = seg;
         self.tail_len = SEGMENT_HEADER_LEN;
@@ -1223,17 +1294,24 @@ impl FileSpool {
         Ok(())
     }
 
+    /// Records `first` as the first live segment. Syncs the tail first if
+    /// anything was appended since its last sync: the checkpoint lets
+    /// older segments be deleted, and the copies compaction made of their
+    /// frames (or anything else the index relies on) must be on disk
+    /// before they are.
     fn write_checkpoint(&mut self, first: u64) -> Result<(), SpoolError> {
+        if self.tail_unsynced {
+            self.sync_tail()?;
+        }
         let tmp = self.dir.join(CHECKPOINT_TMP);
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&versioned_record(CHECKPOINT_MAGIC, first))?;
-            f.sync_all()
-        };
-        write().map_err(io_error("write checkpoint", &tmp))?;
+        let mut f = File::create(&tmp).map_err(io_error("write checkpoint", &tmp))?;
+        f.write_all(&versioned_record(CHECKPOINT_MAGIC, first))
+            .map_err(io_error("write checkpoint", &tmp))?;
+        self.sync_with(|_| f.sync_all().map_err(io_error("sync", &tmp)))?;
+        drop(f);
         let path = self.dir.join(CHECKPOINT_NAME);
         fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
-        sync_dir(&self.dir)
+        self.sync_directory()
     }
 
     /// Marker room kept for the live frames (and one more).
@@ -1323,7 +1401,10 @@ impl Spool for FileSpool {
     /// [`SpoolError::Full`] if it would pass the disk bound;
     /// [`SpoolError::Io`] / [`SpoolError::DiskFull`] from the file system.
     /// The frame is then not stored and nothing stored changes.
+    /// [`SpoolError::Poisoned`] once a sync has failed (this call's
+    /// included: the spool must be reopened).
     fn persist(&mut self, batch_id: BatchId, frame: &Frame) -> Result<(), SpoolError> {
+        self.check_poisoned()?;
         let len = frame.len() as u64;
         let max = self.config.max_frame_len();
         if len > max {
@@ -1373,8 +1454,9 @@ impl Spool for FileSpool {
     /// # Errors
     ///
     /// [`SpoolError::Io`] / [`SpoolError::DiskFull`]; the frame then stays
-    /// stored.
+    /// stored. [`SpoolError::Poisoned`] once a sync has failed.
     fn remove(&mut self, batch_id: BatchId) -> Result<(), SpoolError> {
+        self.check_poisoned()?;
         if !self.index.contains_key(&batch_id) {
             return Ok(());
         }
@@ -1395,8 +1477,10 @@ impl Spool for FileSpool {
     ///
     /// # Errors
     ///
-    /// [`SpoolError::Io`] if a segment cannot be read.
+    /// [`SpoolError::Io`] if a segment cannot be read;
+    /// [`SpoolError::Poisoned`] once a sync has failed.
     fn load(&mut self, sink: &mut dyn FnMut(Bytes)) -> Result<(), SpoolError> {
+        self.check_poisoned()?;
         let locs: Vec<Loc> = self.order.values().map(|id| self.index[id]).collect();
         for loc in locs {
             let bytes = self.read_entry(loc)?;
@@ -1409,6 +1493,102 @@ impl Spool for FileSpool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("spool-unit-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn frame(n: u8) -> Frame {
+        use opsdata::{DataType, FrameEncoder, TenantBatch, TenantId};
+        let t: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+        let batch = TenantBatch::from_records(t, DataType::Event, std::iter::empty()).unwrap();
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        FrameEncoder::new()
+            .encode_frame(&batch, BatchId::from_random_bytes([n.max(1); 16]), now)
+            .unwrap()
+    }
+
+    /// Small segments: a few empty frames fill one.
+    fn config() -> SpoolConfig {
+        let limits = FrameLimits::default().with_max_body(1 << 10).unwrap();
+        SpoolConfig::new(1 << 30)
+            .unwrap()
+            .with_frame_limits(limits)
+            .unwrap()
+            .with_segment_bytes(2 << 10)
+            .unwrap()
+    }
+
+    #[test]
+    fn regression_copies_are_synced_before_their_originals_are_deleted() {
+        let d = test_dir("copies");
+        let (mut spool, _) = FileSpool::open(&d, config()).unwrap();
+        let mut ids = Vec::new();
+        let mut n = 1u8;
+        while spool.segments() < 3 {
+            let f = frame(n);
+            spool.persist(f.batch_id(), &f).unwrap();
+            ids.push(f.batch_id());
+            n += 1;
+        }
+        let head = *spool.segs.keys().next().unwrap();
+        let in_head: Vec<BatchId> = ids
+            .iter()
+            .copied()
+            .filter(|id| spool.index[id].seg == head)
+            .collect();
+        assert!(in_head.len() >= 3);
+        // A compaction that copied two frames and then failed: the copies
+        // are in the index but not synced.
+        spool.relocate(in_head[0]).unwrap();
+        spool.relocate(in_head[1]).unwrap();
+        assert!(spool.tail_unsynced);
+        // The head's other frames are removed (markers not synced either).
+        for id in &in_head[2..] {
+            spool.remove(*id).unwrap();
+        }
+        assert_eq!(spool.segs[&head].live_frames, 0);
+        let syncs = spool.tail_syncs;
+        spool.maintain().unwrap();
+        assert!(!spool.segs.contains_key(&head), "the head was dropped");
+        assert!(spool.tail_syncs > syncs, "the copies were synced first");
+        assert!(!spool.tail_unsynced);
+        drop(spool);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn regression_a_failed_sync_poisons_the_spool_until_reopened() {
+        let d = test_dir("poison");
+        let (mut spool, _) = FileSpool::open(&d, config()).unwrap();
+        let a = frame(1);
+        spool.persist(a.batch_id(), &a).unwrap();
+        spool.fail_syncs = true;
+        let b = frame(2);
+        assert!(matches!(
+            spool.persist(b.batch_id(), &b),
+            Err(SpoolError::Io { .. })
+        ));
+        // The cause is gone, but memory can no longer be trusted.
+        spool.fail_syncs = false;
+        assert!(matches!(
+            spool.persist(b.batch_id(), &b),
+            Err(SpoolError::Poisoned)
+        ));
+        assert!(matches!(
+            spool.remove(a.batch_id()),
+            Err(SpoolError::Poisoned)
+        ));
+        assert!(matches!(spool.load(&mut |_| {}), Err(SpoolError::Poisoned)));
+        drop(spool);
+        let (mut spool, rec) = FileSpool::open(&d, config()).unwrap();
+        assert_eq!(rec.frames, 1);
+        spool.persist(b.batch_id(), &b).unwrap();
+        drop(spool);
+        let _ = fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn records_round_trip_and_refuse_damage() {
