@@ -672,12 +672,33 @@ impl Scanner {
         moved_from: Option<(u64, u64)>,
     ) -> io::Result<Result<Option<Entry>, Stop>> {
         let offset = self.pos - 4;
-        let mut head = [0u8; FIXED_HEADER_LEN];
-        head[..4].copy_from_slice(&FRAME_MAGIC);
-        if self.remaining() < (FIXED_HEADER_LEN - 4) as u64 {
+        // The prefix: the fixed header, the seal section if SEALED, and the
+        // header CRC, which covers the SEALED bit and body_len. Nothing in
+        // the header is used before that CRC is checked: a length with a
+        // flipped bit must not make a whole frame look cut short.
+        let mut prefix = [0u8; FIXED_HEADER_LEN + SEAL_SECTION_LEN + 4];
+        prefix[..4].copy_from_slice(&FRAME_MAGIC);
+        if self.remaining() < 2 {
             return Ok(Err(Stop::Incomplete));
         }
-        self.read(&mut head[4..])?;
+        self.read(&mut prefix[4..6])?;
+        let sealed = prefix[5] & 0x01 != 0;
+        let hlen = FIXED_HEADER_LEN + if sealed { SEAL_SECTION_LEN } else { 0 };
+        let prefix_len = hlen + 4;
+        if self.remaining() < (prefix_len - 6) as u64 {
+            return Ok(Err(Stop::Incomplete));
+        }
+        self.read(&mut prefix[6..prefix_len])?;
+        let computed = crc(&prefix[..hlen]);
+        let stored = u32_at(&prefix, hlen);
+        if computed != stored {
+            return Ok(Err(Stop::Bad(Corruption::Frame(FrameError::HeaderCrc {
+                computed,
+                stored,
+            }))));
+        }
+        let mut head = [0u8; FIXED_HEADER_LEN];
+        head.copy_from_slice(&prefix[..FIXED_HEADER_LEN]);
         let header = match FrameHeader::parse(&head) {
             Ok(h) => h,
             Err(e) => return Ok(Err(Stop::Bad(Corruption::Frame(e)))),
@@ -689,14 +710,14 @@ impl Scanner {
                 max: self.max_frame_len,
             })));
         }
-        let rest = frame_len - FIXED_HEADER_LEN as u64;
+        let rest = frame_len - prefix_len as u64;
         if self.remaining() < rest {
             return Ok(Err(Stop::Incomplete));
         }
         // Bounded: frame_len ≤ max_frame_len, checked above.
         let mut bytes = vec![0u8; usize::try_from(frame_len).unwrap_or(usize::MAX)];
-        bytes[..FIXED_HEADER_LEN].copy_from_slice(&head);
-        self.read(&mut bytes[FIXED_HEADER_LEN..])?;
+        bytes[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
+        self.read(&mut bytes[prefix_len..])?;
         match Frame::decode(Bytes::from(bytes), &self.limits) {
             Ok(frame) => Ok(Ok(Some(Entry::Frame {
                 offset,

@@ -525,3 +525,56 @@ proptest! {
         let _ = fs::remove_dir_all(&d);
     }
 }
+
+/// Offset of `f` in `bytes`.
+fn offset_of(bytes: &[u8], f: &Frame) -> usize {
+    bytes
+        .windows(f.len())
+        .position(|w| w == f.as_bytes().as_ref())
+        .unwrap()
+}
+
+#[test]
+fn regression_a_flipped_length_bit_in_the_last_segment_is_corruption_not_a_torn_tail() {
+    let d = dir("flipped-len");
+    let frames: Vec<Frame> = (0..5).map(|n| frame(n, 2, 10)).collect();
+    {
+        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
+        for f in &frames {
+            spool.persist(f.batch_id(), f).unwrap();
+        }
+    }
+    let segs = segment_files(&d);
+    assert_eq!(segs.len(), 1);
+    let seg = &segs[0];
+    let bytes = fs::read(seg).unwrap();
+    let at = offset_of(&bytes, &frames[2]);
+    // body_len is bytes 60..64 of the frame: +32 KiB puts the declared end
+    // past the end of the file, still within the frame limits.
+    let mut damaged = bytes.clone();
+    damaged[at + 62] ^= 0x80;
+    assert!(at + frames[2].len() + (32 << 10) > bytes.len());
+    fs::write(seg, &damaged).unwrap();
+
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert_eq!(rec.torn_bytes, 0, "nothing silently cut off");
+    assert_eq!(rec.moved_aside.len(), 1);
+    let m = &rec.moved_aside[0];
+    assert!(
+        matches!(
+            m.reason,
+            Corruption::Frame(opsdata::FrameError::HeaderCrc { .. })
+        ),
+        "{:?}",
+        m.reason
+    );
+    assert_eq!(m.offset, at as u64);
+    assert_eq!(m.bytes_lost, (bytes.len() - at) as u64);
+    assert_eq!(m.frames_kept, 2);
+    assert_eq!(fs::read(&m.path).unwrap(), damaged, "kept for the operator");
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1]);
+    drop(spool);
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert!(rec.moved_aside.is_empty());
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1]);
+}
