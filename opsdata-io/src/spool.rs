@@ -391,8 +391,8 @@ pub struct SpoolRecovery {
     pub disk_bytes: u64,
     /// Segment files read.
     pub segments: usize,
-    /// Bytes of an incomplete (or unreadable) last entry cut off the last
-    /// segment.
+    /// Bytes cut off the last segment: an incomplete last entry, or an
+    /// unreadable one followed only by zeros (and those zeros).
     pub torn_bytes: u64,
     /// Segments moved aside, with what was kept and lost.
     pub moved_aside: Vec<MovedAside>,
@@ -621,6 +621,20 @@ impl Scanner {
         Ok(())
     }
 
+    /// Whether every byte from here to the end of the file is zero (what a
+    /// crash leaves when the file grew before its data was written).
+    fn rest_is_zero(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 8 << 10];
+        while self.remaining() > 0 {
+            let n = usize::try_from(self.remaining()).map_or(buf.len(), |r| r.min(buf.len()));
+            self.read(&mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The next entry; `Ok(None)` at the end of the file. On a `Stop`, the
     /// entry started at the position before the call.
     fn next(&mut self) -> io::Result<Result<Option<Entry>, Stop>> {
@@ -744,7 +758,8 @@ struct Damaged {
 impl FileSpool {
     /// Opens (or creates) the spool in `dir` and recovers it: reads every
     /// segment from the checkpoint on, one entry at a time; cuts an
-    /// incomplete or unreadable last entry off the last segment; moves a
+    /// incomplete last entry, or an unreadable one followed only by zeros,
+    /// off the last segment; moves a
     /// segment with a bad entry elsewhere aside (`*.corrupt`), re-appending
     /// the live frames and markers of its good prefix; recomputes the held
     /// bytes from what is on disk.
@@ -897,12 +912,14 @@ impl FileSpool {
                     let torn = last
                         && match &stop {
                             Stop::Incomplete => true,
-                            // A whole but unreadable last entry reaching
-                            // the end of the file is what a crash leaves
-                            // when the file grew before its data was
-                            // written: torn too.
-                            Stop::Bad(Corruption::Frame(_)) => scanner.pos == file_len,
-                            Stop::Bad(_) => false,
+                            // A bad entry followed by nothing but zeros to
+                            // the end of the file (or by nothing at all) is
+                            // what a crash leaves when the file grew before
+                            // its data was written: torn too. Cutting it
+                            // off loses only that entry.
+                            Stop::Bad(_) => {
+                                scanner.rest_is_zero().map_err(io_error("read", &path))?
+                            }
                         };
                     if torn {
                         let f = OpenOptions::new()

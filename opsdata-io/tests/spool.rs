@@ -534,6 +534,14 @@ fn offset_of(bytes: &[u8], f: &Frame) -> usize {
         .unwrap()
 }
 
+fn corrupt_files(d: &Path) -> Vec<PathBuf> {
+    fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".corrupt"))
+        .collect()
+}
+
 #[test]
 fn regression_a_flipped_length_bit_in_the_last_segment_is_corruption_not_a_torn_tail() {
     let d = dir("flipped-len");
@@ -577,4 +585,43 @@ fn regression_a_flipped_length_bit_in_the_last_segment_is_corruption_not_a_torn_
     let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
     assert!(rec.moved_aside.is_empty());
     assert_eq!(load_seqs_single(&mut spool), vec![0, 1]);
+}
+
+#[test]
+fn regression_zeros_after_the_last_entry_are_a_torn_tail_not_corruption() {
+    let src = dir("zeros-src");
+    let frames: Vec<Frame> = (0..4).map(|n| frame(n, 2, 10)).collect();
+    {
+        let (mut spool, _) = FileSpool::open(&src, small()).unwrap();
+        for f in &frames {
+            spool.persist(f.batch_id(), f).unwrap();
+        }
+        // A removal marker last, as well as frames.
+        spool.remove(frames[3].batch_id()).unwrap();
+    }
+    let seg = segment_files(&src).pop().unwrap();
+    let whole = fs::read(&seg).unwrap();
+    let work = dir("zeros");
+    for n in [1usize, 3, 4, 5, 23, 24, 28, 64, 100, 200, 4096, 70_000] {
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        for e in fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            fs::copy(&p, work.join(p.file_name().unwrap())).unwrap();
+        }
+        let wseg = work.join(seg.file_name().unwrap());
+        let mut grown = whole.clone();
+        grown.resize(whole.len() + n, 0);
+        fs::write(&wseg, &grown).unwrap();
+        let (mut spool, rec) = FileSpool::open(&work, small()).unwrap();
+        assert!(
+            rec.moved_aside.is_empty(),
+            "{n} zeros: {:?}",
+            rec.moved_aside
+        );
+        assert!(corrupt_files(&work).is_empty(), "{n} zeros");
+        assert_eq!(rec.torn_bytes, n as u64, "{n} zeros");
+        assert_eq!(fs::metadata(&wseg).unwrap().len(), whole.len() as u64);
+        assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 2], "{n} zeros");
+    }
 }
