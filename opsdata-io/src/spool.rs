@@ -14,6 +14,16 @@
 //! failure only makes the agent send that batch again after restart, and the
 //! service drops the duplicate by its batch id.
 //!
+//! A removal is not only a delivery, though: a batch the agent *dropped*
+//! (rejected by the service, or pushed out of a full queue) is removed the
+//! same way. If that marker is lost to a power failure, the dropped batch
+//! comes back after restart: it can be reported dropped a second time, or
+//! even be delivered after it was reported dropped. Hosts that must report
+//! each drop exactly once should set
+//! [`with_sync_removals(true)`](SpoolConfig::with_sync_removals) (or keep
+//! their own durable record of drops, and remove such batches again after
+//! recovery).
+//!
 //! Memory: the spool keeps an index of live batch ids (about 100 bytes
 //! each); recovery and [`load`](opsdata::Spool::load) read one entry at a
 //! time, never a whole segment, and no length read from disk is trusted
@@ -158,8 +168,12 @@ impl SpoolConfig {
         self.validated()
     }
 
-    /// Whether `remove` syncs its marker (default no: a lost marker only
-    /// means a resend the service de-duplicates).
+    /// Whether `remove` syncs its marker (default no: for a delivered batch
+    /// a lost marker only means a resend the service de-duplicates; for a
+    /// dropped batch it means the batch comes back after a power failure
+    /// and may be reported dropped twice, or delivered after being
+    /// reported dropped, so hosts that must report drops exactly once
+    /// should say yes).
     #[must_use]
     pub fn with_sync_removals(mut self, sync: bool) -> Self {
         self.sync_removals = sync;
@@ -370,7 +384,8 @@ pub struct MovedAside {
     /// Offset of the first entry that could not be read.
     pub offset: u64,
     /// Bytes from there to the end of the file: the frames and markers in
-    /// them are lost (lost markers can only cause resends).
+    /// them are lost (a lost marker brings its frame back: a resend,
+    /// or a dropped batch held again).
     pub bytes_lost: u64,
     /// Live frames of the good prefix, re-appended to the spool.
     pub frames_kept: usize,
@@ -431,7 +446,9 @@ struct SegInfo {
 /// [`remove`](Spool::remove) is not synced unless
 /// [`SpoolConfig::with_sync_removals`] asks, since a marker lost to a power
 /// failure only makes the agent resend the batch, which the service drops
-/// by its batch id. Segments whose frames are all removed are deleted after
+/// by its batch id; but a lost marker of a *dropped* batch brings it back
+/// (see the module docs: hosts that must report drops exactly once should
+/// sync removals). Segments whose frames are all removed are deleted after
 /// a checkpoint; the oldest segment is compacted when dead bytes pass the
 /// live ones, so disk use stays bounded (see
 /// [`SpoolConfig::outbox_limit_bytes`]). Memory: an index of live batch ids
