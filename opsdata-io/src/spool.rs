@@ -356,6 +356,10 @@ pub enum Corruption {
     /// A removal marker or move record fails its CRC.
     #[error("marker or move record fails its CRC")]
     RecordCrc,
+    /// A removal marker passes its CRC but names the nil batch id, which
+    /// no frame has.
+    #[error("removal marker names the nil batch id")]
+    NilMarker,
     /// A move record is not followed by a frame.
     #[error("move record not followed by a frame")]
     MoveWithoutFrame,
@@ -519,9 +523,12 @@ fn segment_name(seg: u64) -> String {
     format!("seg-{seg:016x}.log")
 }
 
+/// The segment number of a segment file's name: `seg-`, 16 lower-case hex
+/// digits, `.log`. Any other name (upper-case digits included) is not a
+/// segment, and is ignored as the format says.
 fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("seg-")?.strip_suffix(".log")?;
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -679,7 +686,7 @@ impl Scanner {
                     id.copy_from_slice(&rec[4..20]);
                     return Ok(match BatchId::new(uuid::Uuid::from_bytes(id)) {
                         Ok(batch_id) => Ok(Some(Entry::Marker { batch_id })),
-                        Err(e) => Err(Stop::Bad(Corruption::Frame(e))),
+                        Err(_) => Err(Stop::Bad(Corruption::NilMarker)),
                     });
                 }
                 let key = (u64_at(&rec, 4), u64_at(&rec, 12));
@@ -1674,6 +1681,8 @@ mod tests {
         assert_eq!(parse_segment_name("seg-abc.log"), None);
         assert_eq!(parse_segment_name("seg-000000000000zabc.log"), None);
         assert_eq!(parse_segment_name("CHECKPOINT"), None);
+        assert_eq!(parse_segment_name("seg-0000000000000ABC.log"), None);
+        assert_eq!(parse_segment_name("seg-+000000000000abc.log"), None);
     }
 
     #[test]

@@ -625,3 +625,49 @@ fn regression_zeros_after_the_last_entry_are_a_torn_tail_not_corruption() {
         assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 2], "{n} zeros");
     }
 }
+
+#[test]
+fn regression_a_stray_upper_case_segment_name_is_ignored() {
+    let d = dir("upper-case");
+    let f = frame(1, 1, 10);
+    {
+        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
+        spool.persist(f.batch_id(), &f).unwrap();
+    }
+    let stray = d.join("seg-000000000000000A.log");
+    fs::write(&stray, b"not a segment").unwrap();
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert_eq!((rec.frames, rec.segments), (1, 1));
+    assert!(rec.moved_aside.is_empty());
+    assert_eq!(load(&mut spool), vec![f.as_bytes().clone()]);
+    assert_eq!(fs::read(&stray).unwrap(), b"not a segment", "left alone");
+}
+
+#[test]
+fn a_marker_with_a_valid_crc_and_the_nil_batch_id_is_corrupt() {
+    let d = dir("nil-marker");
+    let frames: Vec<Frame> = (0..3).map(|n| frame(n, 1, 10)).collect();
+    {
+        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
+        for f in &frames {
+            spool.persist(f.batch_id(), f).unwrap();
+        }
+    }
+    let seg = segment_files(&d).pop().unwrap();
+    let bytes = fs::read(&seg).unwrap();
+    let at = offset_of(&bytes, &frames[1]);
+    let mut marker = [0u8; 24];
+    marker[..4].copy_from_slice(&[0x89, b'O', b'P', b'R']);
+    let c = crc32fast::hash(&marker[..20]);
+    marker[20..].copy_from_slice(&c.to_be_bytes());
+    let mut damaged = bytes[..at].to_vec();
+    damaged.extend_from_slice(&marker);
+    damaged.extend_from_slice(&bytes[at..]);
+    fs::write(&seg, &damaged).unwrap();
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert_eq!(rec.moved_aside.len(), 1);
+    let m = &rec.moved_aside[0];
+    assert!(matches!(m.reason, Corruption::NilMarker), "{:?}", m.reason);
+    assert_eq!((m.offset, m.frames_kept), (at as u64, 1));
+    assert_eq!(load_seqs_single(&mut spool), vec![0]);
+}
