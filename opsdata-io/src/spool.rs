@@ -323,6 +323,16 @@ pub enum SpoolError {
     /// which recovers from what is really on disk.
     #[error("an earlier sync failed: reopen the spool")]
     Poisoned,
+    /// The next segment would need a number past `u64::MAX` (the directory
+    /// holds a segment named `seg-ffffffffffffffff.log`): no segment can
+    /// be started. Nothing was written.
+    #[error("no segment number left after {} in {}", segment_name(*last), dir.display())]
+    SegmentNumbersExhausted {
+        /// The directory.
+        dir: PathBuf,
+        /// The last segment's number.
+        last: u64,
+    },
     /// Another [`FileSpool`] (in this or another process) has the directory
     /// open.
     #[error("spool directory {} is in use", path.display())]
@@ -986,7 +996,14 @@ impl FileSpool {
         let tail_damaged = last_seg.is_some_and(|s| damaged.iter().any(|d| d.seg == s));
         let (tail_seg, create) = match last_seg {
             Some(s) if !tail_damaged => (s, false),
-            Some(s) => (s + 1, true),
+            Some(s) => (
+                s.checked_add(1)
+                    .ok_or_else(|| SpoolError::SegmentNumbersExhausted {
+                        dir: dir.clone(),
+                        last: s,
+                    })?,
+                true,
+            ),
             None => (first.max(1), true),
         };
         let tail_path = dir.join(segment_name(tail_seg));
@@ -1253,8 +1270,14 @@ impl FileSpool {
 
     /// Closes the tail (synced) and starts the next segment.
     fn roll(&mut self) -> Result<(), SpoolError> {
+        let seg =
+            self.tail_seg
+                .checked_add(1)
+                .ok_or_else(|| SpoolError::SegmentNumbersExhausted {
+                    dir: self.dir.clone(),
+                    last: self.tail_seg,
+                })?;
         self.sync_tail()?;
-        let seg = self.tail_seg + 1;
         let path = self.dir.join(segment_name(seg));
         let create = || -> io::Result<File> {
             let mut f = OpenOptions::new()
@@ -1618,6 +1641,41 @@ mod tests {
         assert!(spool.tail_syncs > syncs, "the copies were synced first");
         assert!(!spool.tail_unsynced);
         drop(spool);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn regression_the_last_segment_number_is_a_typed_error_not_an_overflow() {
+        // A valid last segment numbered u64::MAX: opens, but cannot roll.
+        let d = test_dir("max-seg");
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join(segment_name(u64::MAX));
+        fs::write(&path, versioned_record(SEGMENT_MAGIC, u64::MAX)).unwrap();
+        let (mut spool, _) = FileSpool::open(&d, config()).unwrap();
+        let mut result = Ok(());
+        for n in 1..=u8::MAX {
+            let f = frame(n);
+            result = spool.persist(f.batch_id(), &f);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(
+            matches!(
+                result,
+                Err(SpoolError::SegmentNumbersExhausted { last: u64::MAX, .. })
+            ),
+            "{result:?}"
+        );
+        drop(spool);
+        // A damaged last segment numbered u64::MAX: nowhere to re-append.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0x55; 40]);
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            FileSpool::open(&d, config()),
+            Err(SpoolError::SegmentNumbersExhausted { last: u64::MAX, .. })
+        ));
         let _ = fs::remove_dir_all(&d);
     }
 
