@@ -671,3 +671,63 @@ fn a_marker_with_a_valid_crc_and_the_nil_batch_id_is_corrupt() {
     assert_eq!((m.offset, m.frames_kept), (at as u64, 1));
     assert_eq!(load_seqs_single(&mut spool), vec![0]);
 }
+
+#[test]
+fn the_removal_markers_of_a_damaged_segment_are_re_appended() {
+    let d = dir("damaged-markers");
+    let frames: Vec<Frame> = (0..60).map(|n| frame(n, 10, 150)).collect();
+    let removed = frames[0].batch_id();
+    {
+        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
+        let mut marked = false;
+        for f in &frames {
+            spool.persist(f.batch_id(), f).unwrap();
+            if !marked && spool.segments() == 2 {
+                // The marker of frame 0 (in the first segment) goes into
+                // the second.
+                spool.remove(removed).unwrap();
+                marked = true;
+            }
+        }
+        assert!(marked);
+    }
+    let segs = segment_files(&d);
+    assert!(segs.len() >= 3, "{segs:?}");
+    let middle = &segs[1];
+    let bytes = fs::read(middle).unwrap();
+    let marker_at = bytes
+        .windows(20)
+        .position(|w| w[..4] == [0x89, b'O', b'P', b'R'] && w[4..] == *removed.as_bytes())
+        .expect("the marker is in the middle segment");
+    // Damage the first frame after the marker.
+    let victim = frames
+        .iter()
+        .map(|f| {
+            (
+                bytes
+                    .windows(f.len())
+                    .position(|w| w == f.as_bytes().as_ref()),
+                f,
+            )
+        })
+        .filter_map(|(at, f)| at.map(|at| (at, f)))
+        .filter(|(at, _)| *at > marker_at)
+        .min_by_key(|(at, _)| *at)
+        .map(|(at, _)| at)
+        .unwrap();
+    let mut damaged = bytes.clone();
+    damaged[victim + 100] ^= 0x40;
+    fs::write(middle, &damaged).unwrap();
+
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert_eq!(rec.moved_aside.len(), 1);
+    let seqs = load_seqs_single(&mut spool);
+    assert!(!seqs.contains(&0), "frame 0 stays removed: {seqs:?}");
+    assert!(seqs.contains(&1));
+    drop(spool);
+    // The re-appended marker is on disk: still removed after a clean open.
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert!(rec.moved_aside.is_empty());
+    let again = load_seqs_single(&mut spool);
+    assert_eq!(again, seqs);
+}
