@@ -120,7 +120,7 @@ impl SpoolConfig {
     /// # Errors
     ///
     /// [`SpoolConfigError::DiskTooSmall`] if the bound leaves no room for
-    /// one largest frame (about 80 MiB with the defaults).
+    /// one largest frame (about 68 MiB with the defaults).
     pub fn new(max_disk_bytes: u64) -> Result<Self, SpoolConfigError> {
         SpoolConfig {
             max_disk_bytes,
@@ -147,8 +147,8 @@ impl SpoolConfig {
     ///
     /// # Errors
     ///
-    /// [`SpoolConfigError::DiskTooSmall`] if it leaves no room for three
-    /// largest frames besides the overhead of
+    /// [`SpoolConfigError::DiskTooSmall`] if it leaves no room for four
+    /// largest frames (one for the outbox limit) besides the overhead of
     /// [`outbox_limit_bytes`](Self::outbox_limit_bytes).
     pub fn with_max_disk_bytes(mut self, max_disk_bytes: u64) -> Result<Self, SpoolConfigError> {
         self.max_disk_bytes = max_disk_bytes;
@@ -218,31 +218,33 @@ impl SpoolConfig {
         MOVE_LEN + self.max_frame_len()
     }
 
-    /// Bytes of the disk bound not available to live frames: four segments
-    /// (the tail's garbage, the head being compacted, and the two segments'
-    /// worth of garbage compaction allows), one largest entry and the
-    /// checkpoint.
+    /// Bytes of the disk bound not available to frames:
+    /// `3·segment_bytes + max_frame_len + 108` (see
+    /// [`outbox_limit_bytes`](Self::outbox_limit_bytes)).
     fn fixed_overhead(&self) -> u64 {
-        4 * self.segment_bytes + self.max_entry_len() + CHECKPOINT_LEN
+        3 * self.segment_bytes + self.max_frame_len() + 108
     }
 
     /// The [`opsdata::DeliveryPolicy::limit_bytes`] to configure the outbox
     /// with, so that the spool never reaches its bound in steady state:
-    /// `(max_disk_bytes − 4·segment_bytes − max_entry_len − 20) / 3`.
+    /// `(max_disk_bytes − 3·segment_bytes − max_frame_len − 108) / 4`.
     ///
-    /// Why: with `L` bytes of frames held, the live entries take at most
-    /// `4L/3` on disk (a relocated frame carries a 24-byte move record, and
-    /// a frame is at least 72 bytes), and each live frame reserves 44 bytes
-    /// for its future marker (at most `L/3 + 44`). Compaction keeps the
-    /// files under `2·live + 2·segment_bytes` after each operation; one
-    /// operation adds at most one entry, and compacting the oldest segment
-    /// first copies at most one segment of live frames. So the files stay
-    /// under `8L/3 + L/3 + 3·segment_bytes + max_entry_len + …`, that is
-    /// `3L` plus the overhead above. The bound is conservative: frames
-    /// larger than the minimum carry proportionally less overhead.
+    /// Why (the proof is in `docs/SPOOL.md`, *The disk bound*): with `L`
+    /// bytes of frames held in `n` frames, a frame is at least 72 bytes, so
+    /// `n ≤ L/72`; the live entries take `V ≤ L + 24n ≤ 4L/3` (a move
+    /// record is 24 bytes) and the marker reserve is `44(n+1) ≤ 11L/18 +
+    /// 44`. After compaction the files hold at most `2V + 2·segment_bytes`;
+    /// a persist adds at most a frame, a segment header and its 44-byte
+    /// reserve; a remove adds at most its marker and a segment header,
+    /// which its frame's reserve already counted; compacting the oldest
+    /// segment adds at most its live entries (under one segment) plus 44
+    /// bytes per frame moved, each frame at most once per call. So the
+    /// files and reserve never pass `35L/9 + 3·segment_bytes +
+    /// max_frame_len + 108`, which `L ≤` this limit keeps within
+    /// `max_disk_bytes` (`35/9 < 4`).
     #[must_use]
     pub fn outbox_limit_bytes(&self) -> u64 {
-        self.max_disk_bytes.saturating_sub(self.fixed_overhead()) / 3
+        self.max_disk_bytes.saturating_sub(self.fixed_overhead()) / 4
     }
 
     fn validated(self) -> Result<Self, SpoolConfigError> {
@@ -253,7 +255,8 @@ impl SpoolConfig {
                 min: min_segment,
             });
         }
-        let min_disk = self.fixed_overhead() + 3 * self.max_frame_len();
+        // The outbox limit must hold at least one largest frame.
+        let min_disk = self.fixed_overhead() + 4 * self.max_frame_len();
         if self.max_disk_bytes < min_disk {
             return Err(SpoolConfigError::DiskTooSmall {
                 max_disk_bytes: self.max_disk_bytes,
@@ -1407,27 +1410,37 @@ impl FileSpool {
     /// Reclaims space: drops the oldest segments once nothing in them is
     /// live, and compacts the oldest segment (its live frames re-appended)
     /// while the files exceed twice the live entries plus two segments.
-    /// Only the oldest segment is ever dropped, so a marker is never
+    /// Only the oldest segments are ever dropped, so a marker is never
     /// dropped before the frame it removes. Dropped segments are recorded
-    /// in a checkpoint before they are deleted.
+    /// in a checkpoint (the tail synced first) and deleted before the next
+    /// segment is compacted, so the files never hold more than one
+    /// segment's copies on top of what they held. Segments from the tail at
+    /// the start of the call on are not compacted, so a frame is moved at
+    /// most once per call. (The disk bound this keeps is proved in
+    /// `docs/SPOOL.md`.)
     fn maintain(&mut self) -> Result<(), SpoolError> {
+        let last = self.tail_seg;
         let mut dropped = Vec::new();
-        let mut freed = 0;
-        let rounds = self.segs.len() + 1;
-        for _ in 0..rounds {
-            let Some((&head, &info)) = self.segs.iter().find(|(s, _)| !dropped.contains(*s)) else {
-                break;
-            };
-            if head == self.tail_seg {
+        while let Some((head, info)) = self
+            .segs
+            .iter()
+            .map(|(&s, &i)| (s, i))
+            .find(|(s, _)| !dropped.contains(s))
+        {
+            if head >= last {
                 break;
             }
             if info.live_frames > 0 {
-                let disk = self.disk_bytes - freed;
+                self.drop_segments(&mut dropped)?;
                 let slack = 2 * self.live_entry_bytes + 2 * self.config.segment_bytes;
-                let copy = info.live_bytes + MOVE_LEN * info.live_frames + 2 * SEGMENT_HEADER_LEN;
+                // Each copy gains at most a move record and may roll to a
+                // new segment.
+                let copy = info.live_bytes
+                    + (MOVE_LEN + SEGMENT_HEADER_LEN) * info.live_frames
+                    + SEGMENT_HEADER_LEN;
                 let fits = self.disk_bytes + copy + self.marker_reserve(self.index.len() as u64)
                     <= self.config.max_disk_bytes;
-                if disk <= slack || !fits {
+                if self.disk_bytes <= slack || !fits {
                     break;
                 }
                 let live: Vec<BatchId> = self
@@ -1439,11 +1452,16 @@ impl FileSpool {
                 for id in live {
                     self.relocate(id)?;
                 }
-                self.sync_tail()?;
             }
             dropped.push(head);
-            freed += self.segs[&head].size;
         }
+        self.drop_segments(&mut dropped)
+    }
+
+    /// Deletes `dropped`, the oldest segments, none of them live: records
+    /// the first segment left in the checkpoint (which syncs the tail
+    /// first), then unlinks them.
+    fn drop_segments(&mut self, dropped: &mut Vec<u64>) -> Result<(), SpoolError> {
         if dropped.is_empty() {
             return Ok(());
         }
@@ -1454,7 +1472,7 @@ impl FileSpool {
             .find(|s| !dropped.contains(s))
             .unwrap_or(self.tail_seg);
         self.write_checkpoint(first)?;
-        for seg in dropped {
+        for seg in dropped.drain(..) {
             let path = self.dir.join(segment_name(seg));
             if self.reader.as_ref().is_some_and(|(s, _)| *s == seg) {
                 self.reader = None;
@@ -1754,9 +1772,8 @@ mod tests {
             SpoolConfig::new(60 << 20),
             Err(SpoolConfigError::DiskTooSmall { .. })
         ));
-        // The outbox limit leaves the documented overhead and a third.
-        let expect =
-            ((1u64 << 30) - 4 * c.segment_bytes() - c.max_entry_len() - CHECKPOINT_LEN) / 3;
+        // The outbox limit leaves the documented overhead and a quarter.
+        let expect = ((1u64 << 30) - 3 * c.segment_bytes() - c.max_frame_len() - 108) / 4;
         assert_eq!(c.outbox_limit_bytes(), expect);
         assert!(c.outbox_limit_bytes() >= c.max_frame_len());
     }

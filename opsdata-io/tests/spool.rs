@@ -731,3 +731,57 @@ fn the_removal_markers_of_a_damaged_segment_are_re_appended() {
     let again = load_seqs_single(&mut spool);
     assert_eq!(again, seqs);
 }
+
+/// The disk bound's claim (docs/SPOOL.md): with the frames held kept within
+/// `outbox_limit_bytes`, no persist is refused, on a disk bound a little
+/// over the smallest the settings take, under a workload mixing small frames pinned for long
+/// (so old segments hold a few live frames) with large ones removed soon.
+#[test]
+fn frames_within_the_outbox_limit_always_fit_on_a_small_disk() {
+    let d = dir("bound-proof");
+    let limits = FrameLimits::default().with_max_body(16 << 10).unwrap();
+    let (mut lo, mut hi) = (0u64, 1u64 << 30);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if config_with_disk(limits, mid).is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    // Room for a few dozen large frames.
+    let config = config_with_disk(limits, hi + (256 << 10)).unwrap();
+    let limit = config.outbox_limit_bytes();
+    let (mut spool, _) = FileSpool::open(&d, config).unwrap();
+    let mut held: std::collections::VecDeque<(u64, u64, bool)> = Default::default();
+    for n in 0..3000u64 {
+        let pinned = n % 5 == 0;
+        let f = if pinned {
+            frame(n, 1, 0)
+        } else {
+            frame(n, 5 + (n as usize * 7) % 20, 150)
+        };
+        let len = f.len() as u64;
+        // Make room as an outbox would: drop the oldest unpinned first,
+        // then pinned ones.
+        while spool.held_bytes() + len > limit {
+            let i = held.iter().position(|h| !h.2).unwrap_or(0);
+            let (seq, _, _) = held.remove(i).unwrap();
+            spool.remove(common::batch_id(seq)).unwrap();
+        }
+        spool
+            .persist(f.batch_id(), &f)
+            .unwrap_or_else(|e| panic!("frame {n}: {e}"));
+        held.push_back((n, len, pinned));
+        assert!(spool.disk_bytes() <= config.max_disk_bytes());
+        // Large frames are delivered soon.
+        if !pinned && n % 3 == 0 {
+            let i = held.iter().position(|h| !h.2).unwrap();
+            let (seq, _, _) = held.remove(i).unwrap();
+            spool.remove(common::batch_id(seq)).unwrap();
+        }
+    }
+    drop(spool);
+    let (_, rec) = FileSpool::open(&d, config).unwrap();
+    assert_eq!(rec.frames, held.len());
+}
