@@ -466,9 +466,11 @@ struct SegInfo {
 /// by its batch id; but a lost marker of a *dropped* batch brings it back
 /// (see the module docs: hosts that must report drops exactly once should
 /// sync removals). Segments whose frames are all removed are deleted after
-/// a checkpoint; the oldest segment is compacted when dead bytes pass the
-/// live ones, so disk use stays bounded (see
-/// [`SpoolConfig::outbox_limit_bytes`]). Memory: an index of live batch ids
+/// a checkpoint; the oldest segments are compacted while the files pass
+/// twice the live entries plus two segments, so disk use stays bounded (see
+/// [`SpoolConfig::outbox_limit_bytes`]). One `persist` may then move many
+/// live frames (each at most once): the work of a call is not bounded by
+/// a segment. Memory: an index of live batch ids
 /// (about 100 bytes each); recovery and [`load`](Spool::load) read one entry
 /// at a time.
 ///

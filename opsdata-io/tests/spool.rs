@@ -734,8 +734,9 @@ fn the_removal_markers_of_a_damaged_segment_are_re_appended() {
 
 /// The disk bound's claim (docs/SPOOL.md): with the frames held kept within
 /// `outbox_limit_bytes`, no persist is refused, on a disk bound a little
-/// over the smallest the settings take, under a workload mixing small frames pinned for long
-/// (so old segments hold a few live frames) with large ones removed soon.
+/// over the smallest the settings take, under a workload mixing small
+/// frames pinned for long (so old segments hold a few live frames) with
+/// large ones removed soon.
 #[test]
 fn frames_within_the_outbox_limit_always_fit_on_a_small_disk() {
     let d = dir("bound-proof");
