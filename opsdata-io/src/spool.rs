@@ -323,7 +323,9 @@ pub enum SpoolError {
     /// longer match the disk (a failed `fsync` may drop written pages, and
     /// a later one may report success without writing them). Every
     /// operation returns this until the spool is dropped and reopened,
-    /// which recovers from what is really on disk.
+    /// which recovers from what is really on disk. With the core's
+    /// `Agent`, take it apart (`Agent::into_parts`), drop the spool, and
+    /// build the agent again with `Agent::recover` over a newly opened one.
     #[error("an earlier sync failed: reopen the spool")]
     Poisoned,
     /// The next segment would need a number past `u64::MAX` (the directory
