@@ -92,6 +92,25 @@ impl Pki {
     }
 }
 
+/// A bare rustls client with `issued` as its certificate, for tests that
+/// speak to the service below the transport (garbage, trickled bytes).
+fn raw_client_config(pki: &Pki, issued: &pki::Issued) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.service_ca.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![issued.der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
+    )
+    .unwrap();
+    Arc::new(config)
+}
+
 fn identity(issued: &pki::Issued) -> TlsIdentity {
     TlsIdentity::new(
         vec![issued.der.clone()],
@@ -440,21 +459,7 @@ fn garbage_and_a_stalled_peer_do_not_hold_the_service() {
     // A raw TLS client that sends bytes that are not a frame: the service
     // answers Rejected with no batch id and closes.
     let issued = pki.agent(WS_A);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates({
-        let mut r = rustls::RootCertStore::empty();
-        r.add(pki.service_ca.der.clone()).unwrap();
-        r
-    })
-    .with_client_auth_cert(
-        vec![issued.der.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
-    );
-    let config = Arc::new(config.unwrap());
+    let config = raw_client_config(&pki, &issued);
     let connect = || {
         let tcp = TcpStream::connect(handle.addr()).unwrap();
         tcp.set_read_timeout(Some(StdDuration::from_secs(10)))
@@ -738,26 +743,11 @@ fn regression_a_frame_trickled_inside_a_tls_record_is_closed_at_the_frame_deadli
     // An authenticated client: handshake done, then one frame sealed into a
     // single TLS record whose bytes are written one by one.
     let issued = pki.agent(WS_A);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates({
-        let mut r = rustls::RootCertStore::empty();
-        r.add(pki.service_ca.der.clone()).unwrap();
-        r
-    })
-    .with_client_auth_cert(
-        vec![issued.der.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
-    )
-    .unwrap();
+    let config = raw_client_config(&pki, &issued);
     let mut tcp = TcpStream::connect(handle.addr()).unwrap();
     tcp.set_read_timeout(Some(StdDuration::from_secs(5)))
         .unwrap();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).unwrap();
     }
