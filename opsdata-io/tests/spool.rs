@@ -32,6 +32,14 @@ fn small() -> SpoolConfig {
         .unwrap()
 }
 
+/// Persists `frames` into the spool in `d` (small segments) and closes it.
+fn persist_all(d: &Path, frames: &[Frame]) {
+    let (mut spool, _) = FileSpool::open(d, small()).unwrap();
+    for f in frames {
+        spool.persist(f.batch_id(), f).unwrap();
+    }
+}
+
 fn load(spool: &mut FileSpool) -> Vec<Bytes> {
     let mut out = Vec::new();
     spool.load(&mut |b| out.push(b)).unwrap();
@@ -171,12 +179,7 @@ fn load_seqs_single(spool: &mut FileSpool) -> Vec<u64> {
 fn a_torn_last_entry_is_cut_off_at_every_byte_offset() {
     let d = dir("torn-src");
     let frames: Vec<Frame> = (0..3).map(|n| frame(n, 2, 10)).collect();
-    {
-        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
-        for f in &frames {
-            spool.persist(f.batch_id(), f).unwrap();
-        }
-    }
+    persist_all(&d, &frames);
     let seg = segment_files(&d).pop().unwrap();
     let whole = fs::read(&seg).unwrap();
     let last_len = frames[2].len();
@@ -230,12 +233,7 @@ fn a_torn_removal_marker_is_cut_off_and_its_frame_stays() {
 fn a_flipped_byte_in_a_middle_segment_moves_it_aside_and_keeps_the_rest() {
     let d = dir("corrupt");
     let frames: Vec<Frame> = (0..60).map(|n| frame(n, 10, 150)).collect();
-    {
-        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
-        for f in &frames {
-            spool.persist(f.batch_id(), f).unwrap();
-        }
-    }
+    persist_all(&d, &frames);
     let segs = segment_files(&d);
     assert!(segs.len() >= 3, "{segs:?}");
     let middle = &segs[1];
@@ -546,12 +544,7 @@ fn corrupt_files(d: &Path) -> Vec<PathBuf> {
 fn regression_a_flipped_length_bit_in_the_last_segment_is_corruption_not_a_torn_tail() {
     let d = dir("flipped-len");
     let frames: Vec<Frame> = (0..5).map(|n| frame(n, 2, 10)).collect();
-    {
-        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
-        for f in &frames {
-            spool.persist(f.batch_id(), f).unwrap();
-        }
-    }
+    persist_all(&d, &frames);
     let segs = segment_files(&d);
     assert_eq!(segs.len(), 1);
     let seg = &segs[0];
@@ -647,12 +640,7 @@ fn regression_a_stray_upper_case_segment_name_is_ignored() {
 fn a_marker_with_a_valid_crc_and_the_nil_batch_id_is_corrupt() {
     let d = dir("nil-marker");
     let frames: Vec<Frame> = (0..3).map(|n| frame(n, 1, 10)).collect();
-    {
-        let (mut spool, _) = FileSpool::open(&d, small()).unwrap();
-        for f in &frames {
-            spool.persist(f.batch_id(), f).unwrap();
-        }
-    }
+    persist_all(&d, &frames);
     let seg = segment_files(&d).pop().unwrap();
     let bytes = fs::read(&seg).unwrap();
     let at = offset_of(&bytes, &frames[1]);
