@@ -8,6 +8,53 @@
 //! - [`ObjectStoreBlobs`]: an [`opsdata::BlobStore`] over `object_store`
 //!   (Azure Blob, S3, GCS, local filesystem), each tenant under its own
 //!   prefix.
+//!
+//! The wire acknowledgement ([`Ack`]) and the formats are specified in
+//! `opsdata-io/docs/` (`WIRE.md`, `SPOOL.md`, `BLOBS.md`).
+//!
+//! An agent whose backlog survives a restart, on a fake clock (the
+//! transport here is the core's in-memory one; [`TlsTransport`] is the real
+//! one):
+//!
+//! ```
+//! use chrono::{TimeZone, Utc};
+//! use opsdata::*;
+//! use opsdata_io::{FileSpool, SpoolConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = std::env::temp_dir().join(format!("opsdata-io-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+//! let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse()?;
+//! let config = SpoolConfig::new(256 << 20)?;
+//! let policy = DeliveryPolicy::default().with_limit_bytes(config.outbox_limit_bytes())?;
+//! let frame = FrameEncoder::new().encode_frame(
+//!     &TenantBatch::new(tenant, DataType::Alert),
+//!     BatchId::from_random_bytes([7; 16]),
+//!     now,
+//! )?;
+//!
+//! // The service is down: the frame is persisted (fsync) and kept.
+//! let (spool, _) = FileSpool::open(&dir, config)?;
+//! let mut down = MemoryTransport::new();
+//! down.set_reachable(tenant, false);
+//! let mut agent = Agent::new(Outbox::new(policy.clone(), 1), down, spool);
+//! agent.push(now, frame)?;
+//! assert_eq!(agent.outbox().held_batches(), 1);
+//! drop(agent); // the process ends
+//!
+//! // The next start recovers the backlog from disk and sends it.
+//! let (spool, found) = FileSpool::open(&dir, config)?;
+//! assert_eq!(found.frames, 1);
+//! let later = now + chrono::Duration::minutes(1);
+//! let (agent, _) = Agent::recover(policy, 2, later, MemoryTransport::new(), spool, &FrameLimits::default())?;
+//! assert_eq!(agent.transport().delivered().len(), 1);
+//! assert!(agent.spool().is_empty());
+//! # drop(agent);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 mod blobs;
