@@ -309,17 +309,7 @@ fn held_bytes_are_recomputed_from_disk() {
 fn the_disk_bound_is_a_typed_error_and_loses_nothing() {
     let d = dir("bound");
     let limits = FrameLimits::default().with_max_body(16 << 10).unwrap();
-    // The smallest bound these settings take.
-    let (mut lo, mut hi) = (0u64, 1u64 << 30);
-    while lo + 1 < hi {
-        let mid = (lo + hi) / 2;
-        if config_with_disk(limits, mid).is_some() {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    let min = hi;
+    let min = min_disk(limits);
     let config = config_with_disk(limits, min).unwrap();
     assert!(config.segment_bytes() == 32 << 10);
     let (mut spool, _) = FileSpool::open(&d, config).unwrap();
@@ -375,16 +365,7 @@ fn the_disk_bound_is_a_typed_error_and_loses_nothing() {
 fn an_outbox_limited_by_outbox_limit_bytes_never_fills_the_spool() {
     let d = dir("steady");
     let limits = FrameLimits::default().with_max_body(16 << 10).unwrap();
-    let (mut lo, mut hi) = (0u64, 1u64 << 30);
-    while lo + 1 < hi {
-        let mid = (lo + hi) / 2;
-        if config_with_disk(limits, mid).is_some() {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    let config = config_with_disk(limits, hi).unwrap();
+    let config = config_with_disk(limits, min_disk(limits)).unwrap();
     let (spool, _) = FileSpool::open(&d, config).unwrap();
     let policy = DeliveryPolicy::default()
         .with_limit_bytes(config.outbox_limit_bytes())
@@ -413,6 +394,21 @@ fn an_outbox_limited_by_outbox_limit_bytes_never_fills_the_spool() {
         dropped > 0,
         "the outbox reached its limit and dropped instead"
     );
+}
+
+/// The smallest disk bound `config_with_disk` takes with `limits`
+/// (searched, so the tests do not restate the spool's arithmetic).
+fn min_disk(limits: FrameLimits) -> u64 {
+    let (mut lo, mut hi) = (0u64, 1u64 << 30);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if config_with_disk(limits, mid).is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
 }
 
 fn config_with_disk(limits: FrameLimits, max: u64) -> Option<SpoolConfig> {
@@ -729,17 +725,8 @@ fn the_removal_markers_of_a_damaged_segment_are_re_appended() {
 fn frames_within_the_outbox_limit_always_fit_on_a_small_disk() {
     let d = dir("bound-proof");
     let limits = FrameLimits::default().with_max_body(16 << 10).unwrap();
-    let (mut lo, mut hi) = (0u64, 1u64 << 30);
-    while lo + 1 < hi {
-        let mid = (lo + hi) / 2;
-        if config_with_disk(limits, mid).is_some() {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
     // Room for a few dozen large frames.
-    let config = config_with_disk(limits, hi + (256 << 10)).unwrap();
+    let config = config_with_disk(limits, min_disk(limits) + (256 << 10)).unwrap();
     let limit = config.outbox_limit_bytes();
     let (mut spool, _) = FileSpool::open(&d, config).unwrap();
     let mut held: std::collections::VecDeque<(u64, u64, bool)> = Default::default();
