@@ -75,4 +75,6 @@ pub use tls::{
     Timeouts, TlsError, TlsIdentity, TlsService, TlsTransport, TransportSettings, TransportStats,
     load_certificates,
 };
-pub use wire::{ACK_LEN, ACK_MAGIC, Ack, WireError};
+pub use wire::{
+    ACK_LEN, ACK_MAGIC, ACKS_CONTENT_TYPE, Ack, FRAMES_CONTENT_TYPE, FRAMES_PATH, WireError,
+};

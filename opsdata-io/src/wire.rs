@@ -7,6 +7,15 @@ use std::io::Read;
 use chrono::Duration;
 use opsdata::{BatchId, Outcome};
 
+/// The path an agent `POST`s its frames to (HTTPS wire, v2).
+pub const FRAMES_PATH: &str = "/v1/frames";
+/// The `Content-Type` of a request body: one or more OPSF frames,
+/// concatenated, exactly as encoded.
+pub const FRAMES_CONTENT_TYPE: &str = "application/vnd.opsdata.frames";
+/// The `Content-Type` of a response body: one [`Ack`] per frame read, in
+/// the order the frames were sent.
+pub const ACKS_CONTENT_TYPE: &str = "application/vnd.opsdata.acks";
+
 /// The first bytes of an acknowledgement.
 pub const ACK_MAGIC: [u8; 4] = *b"OPSA";
 /// The acknowledgement version this crate writes and reads.
