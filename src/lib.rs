@@ -152,8 +152,8 @@ pub use keys::{
 pub use keys::{
     Applied, DeterministicEntropy, Entropy, EntropyUnavailable, FramePeek, KeyAction, KeyCensus,
     KeyError, KeyId, KeyInfo, KeyMaterial, KeyRing, KeyStatus, KeyStore, MemoryKeyStore,
-    RotationPolicy, RotationReason, SUITE_AES_256_GCM, SealPart, ShredReceipt, SystemEntropy,
-    WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
+    Reservation, RotationPolicy, RotationReason, SUITE_AES_256_GCM, SealPart, ShredReceipt,
+    SystemEntropy, WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
 };
 pub use record::{
     Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,

@@ -42,6 +42,28 @@ struct Version {
     info: KeyInfo,
     /// `None` once destroyed.
     material: Option<KeyMaterial>,
+    /// Data keys reserved under this version: the usage the stored ring
+    /// records (never below `info.usage`; see [`KeyRing::reserve_uses`]).
+    reserved: u64,
+}
+
+/// A block of seals reserved under the primary by
+/// [`KeyRing::reserve_uses`]: save the ring, then seal up to
+/// `reserved` in all; if the save fails, hand it back to
+/// [`KeyRing::cancel_reservation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Reservation {
+    /// The version reserved under (the primary).
+    pub id: KeyId,
+    /// Its reserved count before this reservation.
+    pub previous: u64,
+    /// Its reserved count now: the usage the stored ring records.
+    pub reserved: u64,
+    /// Its usage when reserved.
+    usage: u64,
+    /// Whether the ring was reserving before.
+    was_reserving: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +131,9 @@ pub struct KeyRing {
     closing: Option<Closing>,
     shredded: Option<DateTime<Utc>>,
     latest: Option<DateTime<Utc>>,
+    /// Whether seals stop at each version's reserved count (set by the
+    /// first [`KeyRing::reserve_uses`]).
+    reserving: bool,
 }
 
 impl fmt::Debug for KeyRing {
@@ -149,6 +174,7 @@ impl KeyRing {
             closing: None,
             shredded: None,
             latest: None,
+            reserving: false,
         }
     }
 
@@ -246,6 +272,7 @@ impl KeyRing {
             Version {
                 info,
                 material: Some(material),
+                reserved: 0,
             },
         );
     }
@@ -568,10 +595,109 @@ impl KeyRing {
                 limit: self.hard_limit,
             });
         }
+        if self.reserving && v.info.usage >= v.reserved {
+            return Err(KeyError::UsageNotReserved {
+                tenant: self.tenant,
+                id,
+            });
+        }
         // Invariant: the primary is never destroyed (destroy needs Disabled,
         // and shredding clears `primary`).
         let material = v.material.as_ref().expect("the primary has material");
         Ok((id, material))
+    }
+
+    /// Reserves up to `block` more seals under the primary, so the ring
+    /// need not be saved after every seal (`docs/KEYS.md`, "Usage in
+    /// blocks"). The new reserved count is `min(max(reserved, usage) +
+    /// block, hard limit)`; it never decreases. From the first reservation
+    /// on, sealing under a version stops at its reserved count
+    /// ([`KeyError::UsageNotReserved`]) until the next reservation.
+    ///
+    /// The host saves the ring (whose stored usage is the reserved count)
+    /// **before** sealing under the reservation, and gives the reservation
+    /// back with [`cancel_reservation`](KeyRing::cancel_reservation) if the
+    /// save fails. So the stored usage is never below the real usage, a
+    /// crash loses at most the unused rest of a block (a loaded ring's
+    /// usage is the stored, reserved count), and the hard limit is never
+    /// passed.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Policy`] for a block of 0; [`KeyError::Shredded`],
+    /// [`KeyError::NoPrimaryKey`], [`KeyError::UsageExhausted`] when the
+    /// primary has reached the hard limit. Nothing changes on error.
+    pub fn reserve_uses(&mut self, block: u64) -> Result<Reservation, KeyError> {
+        if block == 0 {
+            return Err(KeyError::Policy("a reservation of zero seals"));
+        }
+        self.check_live()?;
+        let id = self.primary.ok_or(KeyError::NoPrimaryKey {
+            tenant: self.tenant,
+        })?;
+        let hard = self.hard_limit;
+        let tenant = self.tenant;
+        let v = self.version_mut(id)?;
+        if v.info.usage >= hard {
+            return Err(KeyError::UsageExhausted {
+                tenant,
+                id,
+                limit: hard,
+            });
+        }
+        let previous = v.reserved;
+        let usage = v.info.usage;
+        let reserved = previous
+            .max(v.info.usage)
+            .saturating_add(block)
+            .min(hard)
+            .max(previous);
+        v.reserved = reserved;
+        let was_reserving = self.reserving;
+        self.reserving = true;
+        Ok(Reservation {
+            id,
+            previous,
+            reserved,
+            usage,
+            was_reserving,
+        })
+    }
+
+    /// Gives back a reservation whose ring could not be saved: the
+    /// ring is as before it (reserved count, and whether seals are bounded
+    /// by reservations), unless seals or another reservation happened since
+    /// (then nothing changes: the host must not seal between reserving and
+    /// saving).
+    pub fn cancel_reservation(&mut self, reservation: Reservation) {
+        if let Some(v) = self.versions.get_mut(&reservation.id)
+            && v.reserved == reservation.reserved
+            && v.info.usage == reservation.usage
+        {
+            v.reserved = reservation.previous;
+            self.reserving = reservation.was_reserving;
+        }
+    }
+
+    /// How many more seals the primary may make before a new reservation
+    /// is needed: its reserved count minus its usage (0 with no primary,
+    /// and 0 for a ring new or just loaded, which has reserved nothing
+    /// beyond its recorded usage). A host that reserves whenever this is 0
+    /// never seals an unrecorded use. (Until the first reservation, seals
+    /// are not bounded by reservations, for hosts that save the ring after
+    /// every seal instead.)
+    #[must_use]
+    pub fn reserved_left(&self) -> u64 {
+        let Some(v) = self.primary.and_then(|p| self.versions.get(&p)) else {
+            return 0;
+        };
+        v.reserved.min(self.hard_limit).saturating_sub(v.info.usage)
+    }
+
+    /// The reserved count of `id` (the usage a saved ring records for it).
+    #[must_use]
+    pub fn reserved(&self, id: KeyId) -> Option<u64> {
+        self.versions.get(&id).map(|v| v.reserved.max(v.info.usage))
     }
 
     /// Counts one data key wrapped under `id`.
@@ -702,7 +828,8 @@ impl KeyRing {
             put_time(&mut out, i.demoted);
             put_time(&mut out, i.disabled);
             put_time(&mut out, i.destroyed);
-            out.extend_from_slice(&i.usage.to_be_bytes());
+            // The reserved count: never below the real usage.
+            out.extend_from_slice(&i.usage.max(v.reserved).to_be_bytes());
             if let Some(m) = &v.material {
                 out.extend_from_slice(m.expose());
             }
@@ -753,6 +880,7 @@ impl KeyRing {
             closing,
             shredded,
             latest: None,
+            reserving: false,
         };
         for _ in 0..count {
             let id = KeyId::new(r.u32()?).map_err(|_| bad("key id 0"))?;
@@ -802,7 +930,15 @@ impl KeyRing {
                 }
                 ring.primary = Some(id);
             }
-            ring.versions.insert(id, Version { info, material });
+            let reserved = info.usage;
+            ring.versions.insert(
+                id,
+                Version {
+                    info,
+                    material,
+                    reserved,
+                },
+            );
         }
         if !r.0.is_empty() {
             return Err(bad("trailing bytes"));

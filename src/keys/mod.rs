@@ -29,7 +29,7 @@ pub use credential::{
 };
 
 pub use entropy::{DeterministicEntropy, Entropy, EntropyUnavailable, SystemEntropy};
-pub use keyring::{KeyInfo, KeyRing, ShredReceipt};
+pub use keyring::{KeyInfo, KeyRing, Reservation, ShredReceipt};
 pub use material::KeyMaterial;
 pub use rotation::{Applied, KeyAction, KeyCensus, RotationPolicy, RotationReason};
 pub use seal::{FramePeek, SUITE_AES_256_GCM, open, peek, rewrap, seal};
@@ -208,6 +208,17 @@ pub enum KeyError {
         id: KeyId,
         /// The limit.
         limit: u64,
+    },
+    /// The primary has used every seal reserved under it
+    /// ([`KeyRing::reserve_uses`]): reserve and save again before sealing.
+    #[error(
+        "key {id} of tenant {tenant} has used its reserved seals: reserve more and save the ring"
+    )]
+    UsageNotReserved {
+        /// The tenant.
+        tenant: TenantId,
+        /// The version.
+        id: KeyId,
     },
     /// A lifecycle step that does not apply to the version's status (for
     /// example disabling the primary, or destroying a version not disabled).
