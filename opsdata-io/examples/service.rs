@@ -1,151 +1,164 @@
-//! A small ingest service over mutual TLS.
+//! The ingest service over HTTPS with mutual TLS (`docs/WIRE.md`).
 //!
-//! Listens on `[addr]` (default `127.0.0.1:4443`), requires a client
-//! certificate chaining to `<dir>/enrollment-ca.pem`, derives the agent's
-//! principal from it, runs the core's `Ingest` (tenant check, validation,
-//! de-duplication, sealing under the tenant's key, made on first sight) and
-//! stores through an `ObjectStoreBlobs` (`object_store`), answering each
-//! frame (`docs/WIRE.md`). Presents `<dir>/service.pem` +
-//! `<dir>/service.key`. Logs each connection and what it stores per tenant.
-//! Stop it with Ctrl-C.
+//! Serves `POST /v1/frames`, `GET /healthz`, `GET /readyz` and
+//! `GET /metrics` on `--addr` (default `127.0.0.1:4443`), HTTP/2 and
+//! HTTP/1.1, requiring a client certificate chaining to
+//! `<dir>/enrollment-ca.pem`, presenting `<dir>/service.pem` +
+//! `<dir>/service.key` (the files the `certs` example writes). Each tenant
+//! gets a key ring on first sight, sealed under `<dir>/wrapping.key` (32
+//! random bytes, made with mode 0600 on the first run) and kept one file
+//! per tenant in `<dir>/keys/`; keep both with the blobs' backups.
 //!
-//! Storage: the local directory `<dir>/blobs` (one folder per tenant), or,
-//! when `OPSDATA_AZURE_ACCOUNT`, `OPSDATA_AZURE_CONTAINER` and
-//! `OPSDATA_AZURE_KEY` are set, that Azure Blob Storage container
-//! (`OPSDATA_AZURE_ENDPOINT` overrides the endpoint, e.g. Azurite's
-//! `http://127.0.0.1:10000/devstoreaccount1`; plain HTTP is then allowed).
-//! Key rings: sealed under the wrapping key `<dir>/wrapping.key` (32 random
-//! bytes, generated with mode 0600 on the first run) and kept one file per
-//! tenant in `<dir>/keys/` (`support/keys.rs`), so a restarted service
-//! opens what earlier runs stored. Keep both with the blobs' backups: a lost
-//! wrapping key or ring makes the tenant's data unreadable.
+//! Storage: the local directory `<dir>/blobs`, durable (each frame synced,
+//! with its directory, before it is acknowledged), or, with `--azure-*`
+//! (or the `OPSDATA_AZURE_*` variables), an Azure Blob Storage container.
+//!
+//! Logs go to stderr through `tracing-subscriber` (`RUST_LOG`, default
+//! `info`). Ctrl-C (or SIGTERM) shuts down gracefully: requests in flight
+//! finish, then the process exits.
 //!
 //! ```text
 //! cargo run -p opsdata-io --example certs -- <dir> <workspace-id>
-//! cargo run -p opsdata-io --example service -- <dir> [addr]
+//! cargo run -p opsdata-io --example service -- <dir> [--addr 127.0.0.1:4443]
 //! ```
 
 // An example may read the wall clock; the library takes it from here.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeMap;
 use std::error::Error;
-use std::net::TcpListener;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use opsdata::{Outcome, RotationPolicy, SystemEntropy, TenantId};
+use clap::Parser;
+use opsdata::{RotationPolicy, SystemEntropy};
+use opsdata_io::{
+    AzureBlobConfig, IngestService, LocalDirBlobs, ObjectStoreBlobs, ServeConfig, ServiceLimits,
+    TlsIdentity, load_certificates,
+};
+use tracing_subscriber::EnvFilter;
 
 #[path = "support/keys.rs"]
 mod keys;
-use opsdata_io::{
-    AzureBlobConfig, ObjectStoreBlobs, ServiceConfig, ServiceEvent, TlsIdentity, TlsService,
-    load_certificates,
-};
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (dir, addr) = match args.as_slice() {
-        [dir] => (dir.as_str(), "127.0.0.1:4443"),
-        [dir, addr] => (dir.as_str(), addr.as_str()),
-        _ => return Err("usage: service <dir> [addr]".into()),
-    };
-    let dir = Path::new(dir);
+/// The opsdata ingest service: HTTPS, mutual TLS, durable storage.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Directory with `enrollment-ca.pem`, `service.pem`, `service.key`
+    /// (from the `certs` example); `blobs/`, `keys/` and `wrapping.key`
+    /// are kept there too.
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4443")]
+    addr: String,
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Frame requests processed at once (more: 503).
+    #[arg(long, default_value_t = 256)]
+    max_concurrent_requests: usize,
+    /// Seconds a request's head may take (and an idle HTTP/1.1 connection).
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a request's body may take.
+    #[arg(long, default_value_t = 60)]
+    body_timeout: u64,
+    /// Azure storage account (with --azure-container and --azure-key:
+    /// store there instead of `<dir>/blobs`).
+    #[arg(long, env = "OPSDATA_AZURE_ACCOUNT")]
+    azure_account: Option<String>,
+    /// Azure container (must exist).
+    #[arg(long, env = "OPSDATA_AZURE_CONTAINER")]
+    azure_container: Option<String>,
+    /// Azure account key.
+    #[arg(long, env = "OPSDATA_AZURE_KEY", hide_env_values = true)]
+    azure_key: Option<String>,
+    /// Azure endpoint (e.g. Azurite's http://127.0.0.1:10000/devstoreaccount1).
+    #[arg(long, env = "OPSDATA_AZURE_ENDPOINT")]
+    azure_endpoint: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let dir = &args.dir;
     let identity = TlsIdentity::from_pem_files(&dir.join("service.pem"), &dir.join("service.key"))?;
     let enrollment_ca = load_certificates(&dir.join("enrollment-ca.pem"))?;
     let mut entropy = SystemEntropy::new();
     let wrapping = keys::wrapping_key(&dir.join("wrapping.key"), &mut entropy)?;
     let key_store = keys::FileKeyStore::open(&dir.join("keys"))?;
-    let config = ServiceConfig::new(identity, enrollment_ca)
-        .with_key_store(key_store, wrapping)
-        .with_provisioning(RotationPolicy::default());
-    // Any `opsdata::BlobStore` will do; this one is `object_store`'s.
-    let store = open_store(dir)?;
-
-    // Per tenant: frames and records stored.
-    let stored: Mutex<BTreeMap<TenantId, (u64, u64)>> = Mutex::new(BTreeMap::new());
-    let service = TlsService::new(config, store, Box::new(entropy), Arc::new(Utc::now))?
-        .with_observer(move |event| log(event, &stored));
-    let service = Arc::new(service);
-
-    let listener = TcpListener::bind(addr)?;
-    println!("listening on {}", listener.local_addr()?);
-    service.spawn(listener)?.join();
-    Ok(())
-}
-
-/// Azure Blob Storage if configured by the environment, else `<dir>/blobs`.
-fn open_store(dir: &Path) -> Result<ObjectStoreBlobs, Box<dyn Error>> {
-    let var = |name| std::env::var(name).ok();
-    let store = match (
-        var("OPSDATA_AZURE_ACCOUNT"),
-        var("OPSDATA_AZURE_CONTAINER"),
-        var("OPSDATA_AZURE_KEY"),
-    ) {
+    let limits = ServiceLimits::default()
+        .with_max_body_bytes(args.max_body_bytes)?
+        .with_max_connections(args.max_connections)?
+        .with_max_concurrent_requests(args.max_concurrent_requests)?
+        .with_header_timeout(Duration::from_secs(args.header_timeout))?
+        .with_body_timeout(Duration::from_secs(args.body_timeout))?;
+    let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+    let tls = ServeConfig::new(identity, enrollment_ca);
+    let shutdown = shutdown_signal();
+    match (&args.azure_account, &args.azure_container, &args.azure_key) {
         (Some(account), Some(container), Some(key)) => {
             let mut config = AzureBlobConfig::new(account, container, key);
-            if let Some(endpoint) = var("OPSDATA_AZURE_ENDPOINT") {
+            if let Some(endpoint) = &args.azure_endpoint {
                 let http = endpoint.starts_with("http://");
                 config = config.with_endpoint(endpoint).with_allow_http(http);
             }
-            println!("storing in Azure Blob Storage: {config:?}");
-            ObjectStoreBlobs::azure(&config)?
+            tracing::info!(?config, "storing in Azure Blob Storage");
+            let store = ObjectStoreBlobs::azure(&config)?;
+            let service = IngestService::builder(store)
+                .limits(limits)
+                .clock(Arc::new(Utc::now))
+                .key_store(key_store, wrapping)
+                .provisioning(RotationPolicy::default())
+                .build()?;
+            tracing::info!(addr = %listener.local_addr()?, "listening");
+            opsdata_io::serve(listener, service, tls, shutdown).await?;
         }
         _ => {
             let blobs = dir.join("blobs");
-            println!("storing under {}", blobs.display());
-            ObjectStoreBlobs::local(blobs)?
+            tracing::info!(dir = %blobs.display(), "storing in a local directory (durable)");
+            let store = LocalDirBlobs::new(&blobs)?;
+            let service = IngestService::builder(store)
+                .limits(limits)
+                .clock(Arc::new(Utc::now))
+                .key_store(key_store, wrapping)
+                .provisioning(RotationPolicy::default())
+                .build()?;
+            tracing::info!(addr = %listener.local_addr()?, "listening");
+            opsdata_io::serve(listener, service, tls, shutdown).await?;
         }
-    };
-    Ok(store)
+    }
+    Ok(())
 }
 
-fn log(event: &ServiceEvent, stored: &Mutex<BTreeMap<TenantId, (u64, u64)>>) {
-    match event {
-        ServiceEvent::Connected {
-            peer,
-            tenant,
-            agent_id,
-        } => println!(
-            "connected {peer:?}: agent {} of workspace {tenant}",
-            agent_id.map_or_else(|| "-".to_owned(), |a| a.to_string())
-        ),
-        ServiceEvent::Refused { peer, reason } => println!("refused {peer:?}: {reason}"),
-        ServiceEvent::Frame {
-            tenant,
-            batch_id,
-            data_type,
-            records,
-            outcome,
-            duplicate,
-            error,
-        } => {
-            if *outcome == Outcome::Delivered && !duplicate {
-                let mut s = stored.lock().unwrap_or_else(|e| e.into_inner());
-                let t = s.entry(*tenant).or_default();
-                t.0 += 1;
-                t.1 += u64::from(*records);
-                println!(
-                    "stored for {tenant}: {data_type} batch {batch_id}, {records} record(s); tenant total {} frame(s), {} record(s)",
-                    t.0, t.1
-                );
-            } else {
-                println!(
-                    "{tenant}: {data_type} batch {batch_id}: {outcome:?}{}{}",
-                    if *duplicate { " (duplicate)" } else { "" },
-                    error.as_ref().map_or(String::new(), |e| format!(": {e}"))
-                );
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
             }
+            Err(_) => std::future::pending().await,
         }
-        ServiceEvent::Closed {
-            peer,
-            frames,
-            error,
-        } => println!(
-            "closed {peer:?} after {frames} frame(s){}",
-            error.as_ref().map_or(String::new(), |e| format!(": {e}"))
-        ),
-        other => println!("{other:?}"),
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
+    tracing::info!("shutdown requested");
 }

@@ -58,22 +58,23 @@
 #![forbid(unsafe_code)]
 
 mod blobs;
+mod identity;
+mod service;
 mod spool;
-mod tls;
 mod wire;
 
 #[cfg(feature = "azure")]
 pub use blobs::AzureBlobConfig;
-pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};
+pub use blobs::{AsyncBlobStore, BlobError, BlobOp, LocalDirBlobs, MemoryBlobs, ObjectStoreBlobs};
+pub use identity::{Timeouts, TlsError, TlsIdentity, load_certificates};
+pub use service::{
+    ClientAuth, Clock, IngestService, PeerCertificates, ServeConfig, ServeError, ServiceBuilder,
+    ServiceLimits, serve, serve_app,
+};
 pub use spool::{
     CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, FileSpool, MARKER_LEN, MARKER_MAGIC, MOVE_LEN,
     MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SpoolConfig, SpoolConfigError,
     SpoolError, SpoolRecovery,
-};
-pub use tls::{
-    Clock, ServiceConfig, ServiceEvent, ServiceHandle, ServiceSettings, ServiceState, ServiceStats,
-    Timeouts, TlsError, TlsIdentity, TlsService, TlsTransport, TransportSettings, TransportStats,
-    load_certificates,
 };
 pub use wire::{
     ACK_LEN, ACK_MAGIC, ACKS_CONTENT_TYPE, Ack, FRAMES_CONTENT_TYPE, FRAMES_PATH, WireError,

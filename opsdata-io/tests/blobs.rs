@@ -17,7 +17,7 @@ use opsdata::{
     Performance, Principal, Record, RotationPolicy, Tagged, TenantBatch, TenantId, WorkspaceKeys,
     apply_store_op, read_back, sign_data_collector, verify_data_collector,
 };
-use opsdata_io::{BlobError, BlobOp, ObjectStoreBlobs};
+use opsdata_io::{AsyncBlobStore, BlobError, BlobOp, LocalDirBlobs, ObjectStoreBlobs};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------- fixtures
@@ -142,20 +142,64 @@ impl Raw {
     }
 }
 
+/// `ObjectStoreBlobs` is async; the behavioural checks drive it through
+/// the core's synchronous `BlobStore` (so `apply_store_op` and `read_back`
+/// apply) by blocking on a runtime of the test's own.
+struct Blocking {
+    s: ObjectStoreBlobs,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Blocking {
+    fn new(s: ObjectStoreBlobs) -> Blocking {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Blocking { s, rt }
+    }
+}
+
+impl std::ops::Deref for Blocking {
+    type Target = ObjectStoreBlobs;
+    fn deref(&self) -> &ObjectStoreBlobs {
+        &self.s
+    }
+}
+
+impl BlobStore for Blocking {
+    type Error = BlobError;
+    fn put(&mut self, tenant: TenantId, object: ObjectKey, frame: &Frame) -> Result<(), BlobError> {
+        self.rt
+            .block_on(AsyncBlobStore::put(&self.s, tenant, object, frame))
+    }
+    fn get(&self, tenant: TenantId, object: ObjectKey) -> Result<Option<Bytes>, BlobError> {
+        self.rt
+            .block_on(AsyncBlobStore::get(&self.s, tenant, object))
+    }
+    fn list(&self, tenant: TenantId) -> Result<Vec<ObjectKey>, BlobError> {
+        self.rt.block_on(AsyncBlobStore::list(&self.s, tenant))
+    }
+    fn delete(&mut self, tenant: TenantId, object: ObjectKey) -> Result<(), BlobError> {
+        self.rt
+            .block_on(AsyncBlobStore::delete(&self.s, tenant, object))
+    }
+}
+
 // ------------------------------------------------- the behavioural checks
 
 /// Everything a backend must do. `blobs` and `raw` are over the same store;
 /// `blobs` has root prefix `root`.
 fn check_behaviour(make: &dyn Fn() -> ObjectStoreBlobs, raw: &Raw, root: &str) {
-    round_trip(make());
-    tenants_are_isolated(make());
-    foreign_objects_are_refused_or_skipped(make(), raw, root);
-    ingest_pipeline(make());
-    inside_an_async_runtime(make());
+    round_trip(Blocking::new(make()));
+    tenants_are_isolated(Blocking::new(make()));
+    foreign_objects_are_refused_or_skipped(Blocking::new(make()), raw, root);
+    ingest_pipeline(Blocking::new(make()));
+    concurrent_inside_a_multi_thread_runtime(make());
     with_small_limits_large_objects_are_not_read(make(), raw, root);
 }
 
-fn round_trip(mut s: ObjectStoreBlobs) {
+fn round_trip(mut s: Blocking) {
     let root = s.root().as_ref().to_owned();
     assert!(s.list(a()).unwrap().is_empty());
     assert_eq!(s.get(a(), key(1)).unwrap(), None);
@@ -187,7 +231,7 @@ fn round_trip(mut s: ObjectStoreBlobs) {
     assert!(s.list(a()).unwrap().is_empty());
 }
 
-fn tenants_are_isolated(mut s: ObjectStoreBlobs) {
+fn tenants_are_isolated(mut s: Blocking) {
     s.put(a(), key(10), &frame(a(), 10)).unwrap();
     s.put(b(), key(20), &frame(b(), 20)).unwrap();
     assert_eq!(s.list(a()).unwrap(), vec![key(10)]);
@@ -218,7 +262,7 @@ fn tenants_are_isolated(mut s: ObjectStoreBlobs) {
     s.delete(b(), key(20)).unwrap();
 }
 
-fn foreign_objects_are_refused_or_skipped(mut s: ObjectStoreBlobs, raw: &Raw, root: &str) {
+fn foreign_objects_are_refused_or_skipped(mut s: Blocking, raw: &Raw, root: &str) {
     let pre = |t: TenantId| {
         if root.is_empty() {
             t.to_string()
@@ -292,7 +336,7 @@ fn foreign_objects_are_refused_or_skipped(mut s: ObjectStoreBlobs, raw: &Raw, ro
     assert!(!raw.exists(&format!("{pb}/{}", batch(50))));
 }
 
-fn ingest_pipeline(mut s: ObjectStoreBlobs) {
+fn ingest_pipeline(mut s: Blocking) {
     let mut ingest = Ingest::new(IngestConfig::default());
     let mut ring_a = ring(a(), 1);
     let mut ring_b = ring(b(), 2);
@@ -376,60 +420,52 @@ fn ingest_pipeline(mut s: ObjectStoreBlobs) {
     s.delete(b(), key(70)).unwrap();
 }
 
-fn inside_an_async_runtime(mut s: ObjectStoreBlobs) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// The store is async and has no runtime of its own: it runs inside any
+/// tokio runtime, here from many tasks at once on a multi-thread one (and
+/// from a `spawn_blocking` thread through the runtime's handle).
+fn concurrent_inside_a_multi_thread_runtime(s: ObjectStoreBlobs) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
-    let f = frame(a(), 80);
-    let s = rt.block_on(async move {
-        let err = s.put(a(), key(80), &f).unwrap_err();
-        assert!(
-            matches!(err, BlobError::InsideAsyncRuntime { op: BlobOp::Put }),
-            "{err:?}"
+    let s = Arc::new(s);
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 80..96 {
+            let s = Arc::clone(&s);
+            tasks.spawn(async move {
+                s.put(a(), key(n), &frame(a(), n)).await.unwrap();
+                assert_eq!(
+                    s.get(a(), key(n)).await.unwrap().unwrap(),
+                    frame(a(), n).into_bytes()
+                );
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        assert_eq!(
+            s.list(a()).await.unwrap(),
+            (80..96).map(key).collect::<Vec<_>>()
         );
-        assert!(matches!(
-            s.get(a(), key(80)),
-            Err(BlobError::InsideAsyncRuntime { op: BlobOp::Get })
-        ));
-        assert!(matches!(
-            s.list(a()),
-            Err(BlobError::InsideAsyncRuntime { op: BlobOp::List })
-        ));
-        assert!(matches!(
-            s.delete(a(), key(80)),
-            Err(BlobError::InsideAsyncRuntime { op: BlobOp::Delete })
-        ));
-        s
-    });
-    // A spawn_blocking thread carries the runtime's context: refused too.
-    let s = rt
-        .block_on(async move {
-            tokio::task::spawn_blocking(move || {
-                assert!(matches!(
-                    s.list(a()),
-                    Err(BlobError::InsideAsyncRuntime { op: BlobOp::List })
-                ));
-                s
-            })
+        let handle = tokio::runtime::Handle::current();
+        let s2 = Arc::clone(&s);
+        let listed = tokio::task::spawn_blocking(move || handle.block_on(s2.list(a())))
             .await
-        })
-        .unwrap();
-    // Back on a plain thread it works; nothing was written.
-    assert_eq!(s.get(a(), key(80)).unwrap(), None);
-    // And from another plain thread (the store is Send + Sync).
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| assert!(s.list(a()).unwrap().is_empty()))
-            .join()
+            .unwrap()
             .unwrap();
+        assert_eq!(listed.len(), 16);
+        for n in 80..96 {
+            s.delete(a(), key(n)).await.unwrap();
+        }
+        assert!(s.list(a()).await.unwrap().is_empty());
     });
-    // Dropping one inside a runtime does not panic.
-    rt.block_on(async move { drop(s) });
 }
 
 fn with_small_limits_large_objects_are_not_read(s: ObjectStoreBlobs, raw: &Raw, root: &str) {
     let limits = FrameLimits::default().with_max_body(64).unwrap();
-    let s = s.with_limits(limits);
+    let s = Blocking::new(s.with_limits(limits));
     let name = s.object_path(a(), key(90));
     assert!(name.as_ref().starts_with(root));
     raw.put(name.as_ref(), vec![0u8; 10_000]);
@@ -482,10 +518,12 @@ fn local_filesystem_backend() {
 fn local_creates_its_directory_and_lays_objects_out_per_tenant() {
     let dir = TempDir::new("layout");
     let nested = dir.0.join("x/y");
-    let mut s = ObjectStoreBlobs::local(&nested)
-        .unwrap()
-        .with_root("frames")
-        .unwrap();
+    let mut s = Blocking::new(
+        ObjectStoreBlobs::local(&nested)
+            .unwrap()
+            .with_root("frames")
+            .unwrap(),
+    );
     s.put(a(), key(1), &frame(a(), 1)).unwrap();
     let file = nested.join(format!("frames/{}/{}", a(), batch(1)));
     assert_eq!(
@@ -499,7 +537,7 @@ fn local_creates_its_directory_and_lays_objects_out_per_tenant() {
 fn local_listing_skips_names_that_are_not_object_paths() {
     use std::os::unix::ffi::OsStrExt;
     let dir = TempDir::new("badnames");
-    let mut s = ObjectStoreBlobs::local(&dir.0).unwrap();
+    let mut s = Blocking::new(ObjectStoreBlobs::local(&dir.0).unwrap());
     s.put(a(), key(1), &frame(a(), 1)).unwrap();
     let tenant_dir = dir.0.join(a().to_string());
     // Not UTF-8; and a subdirectory that is a batch id.
@@ -507,6 +545,69 @@ fn local_listing_skips_names_that_are_not_object_paths() {
     std::fs::write(tenant_dir.join(bad), b"x").unwrap();
     std::fs::create_dir(tenant_dir.join(batch(2).to_string())).unwrap();
     assert_eq!(s.list(a()).unwrap(), vec![key(1)]);
+}
+
+/// The durable local store: the same checks at its boundary, the layout,
+/// no temporary file left behind, concurrent puts.
+#[test]
+fn local_dir_blobs_store_durably_and_check_the_tenant() {
+    let dir = TempDir::new("localdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = Arc::new(LocalDirBlobs::new(dir.0.join("blobs")).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 1..=20 {
+            let s = Arc::clone(&s);
+            tasks.spawn(async move { s.put(a(), key(n), &frame(a(), n)).await.unwrap() });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        assert_eq!(
+            s.list(a()).await.unwrap(),
+            (1..=20).map(key).collect::<Vec<_>>()
+        );
+        assert!(s.list(b()).await.unwrap().is_empty());
+        let file = dir.0.join(format!("blobs/{}/{}", a(), batch(3)));
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            frame(a(), 3).as_bytes().to_vec()
+        );
+        assert_eq!(s.object_path(a(), key(3)), file);
+        // Only the objects: no temporary file left.
+        let names = std::fs::read_dir(dir.0.join(format!("blobs/{}", a())))
+            .unwrap()
+            .count();
+        assert_eq!(names, 20);
+        assert_eq!(
+            s.get(a(), key(3)).await.unwrap().unwrap(),
+            frame(a(), 3).into_bytes()
+        );
+        // Another tenant's frame, another batch: refused before writing.
+        let err = s.put(b(), key(1), &frame(a(), 1)).await.unwrap_err();
+        assert!(matches!(err, BlobError::WrongTenant { .. }), "{err:?}");
+        let err = s.put(a(), key(2), &frame(a(), 1)).await.unwrap_err();
+        assert!(matches!(err, BlobError::WrongObject { .. }), "{err:?}");
+        // Through B, A's object is not there.
+        assert!(s.get(b(), key(3)).await.unwrap().is_none());
+        // A misfiled object is refused on read.
+        std::fs::create_dir_all(dir.0.join(format!("blobs/{}", b()))).unwrap();
+        std::fs::copy(&file, dir.0.join(format!("blobs/{}/{}", b(), batch(3)))).unwrap();
+        let err = s.get(b(), key(3)).await.unwrap_err();
+        assert!(matches!(err, BlobError::Misfiled { .. }), "{err:?}");
+        // Names that are not batch ids are skipped; a temporary is too.
+        std::fs::write(dir.0.join(format!("blobs/{}/.x.tmp", a())), b"x").unwrap();
+        assert_eq!(s.list(a()).await.unwrap().len(), 20);
+        for n in 1..=20 {
+            s.delete(a(), key(n)).await.unwrap();
+        }
+        s.delete(a(), key(99)).await.unwrap();
+        assert!(s.list(a()).await.unwrap().is_empty());
+    });
 }
 
 #[test]
@@ -774,8 +875,9 @@ mod azure {
         eprintln!("azurite at {} after {:.1?}", azurite.url, started.elapsed());
 
         // A container that does not exist: a typed error, no panic.
-        let mut missing =
-            ObjectStoreBlobs::azure(&AzureBlobConfig::emulator(&azurite.url, "missing")).unwrap();
+        let mut missing = Blocking::new(
+            ObjectStoreBlobs::azure(&AzureBlobConfig::emulator(&azurite.url, "missing")).unwrap(),
+        );
         let err = missing.put(a(), key(1), &frame(a(), 1)).unwrap_err();
         assert!(
             matches!(

@@ -25,175 +25,35 @@
 //! object's; `get` returns bytes only if they are exactly one whole frame
 //! (header and body CRCs checked) of the tenant and batch asked for.
 //!
-//! # Threads and async
+//! # Async
 //!
-//! [`BlobStore`] is synchronous and `object_store` is async: the store owns
-//! a tokio current-thread runtime and blocks on it. Call it from a plain
-//! thread. Called from a thread that is inside a tokio runtime (an async
-//! task, or a `spawn_blocking` thread), every method returns
-//! [`BlobError::InsideAsyncRuntime`] instead of blocking or panicking.
+//! [`ObjectStoreBlobs`] implements [`AsyncBlobStore`]: its methods are
+//! `async` and run on whatever tokio runtime polls them (it has no runtime
+//! of its own). A cloud store's `put` has returned only once the PUT has.
 
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use object_store::path::{Path, PathPart};
+use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use opsdata::{
-    BatchId, BlobStore, FIXED_HEADER_LEN, Frame, FrameError, FrameLimits, ObjectKey,
-    SEAL_SECTION_LEN, TenantId,
+use opsdata::{Frame, FrameLimits, ObjectKey, TenantId};
+
+use super::{
+    AsyncBlobStore, BlobError, BlobOp, canonical_batch, check_put, check_stored, max_frame_len,
 };
 
-/// What the store was doing when it failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BlobOp {
-    /// Building the store or its runtime.
-    Connect,
-    /// Storing an object.
-    Put,
-    /// Reading an object.
-    Get,
-    /// Listing a tenant's objects.
-    List,
-    /// Removing an object.
-    Delete,
-}
-
-impl fmt::Display for BlobOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BlobOp::Connect => "connect",
-            BlobOp::Put => "put",
-            BlobOp::Get => "get",
-            BlobOp::List => "list",
-            BlobOp::Delete => "delete",
-        })
-    }
-}
-
-/// Why an [`ObjectStoreBlobs`] call failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BlobError {
-    /// The underlying object store failed.
-    #[error("object store {op}: {source}")]
-    Store {
-        /// What was being done.
-        op: BlobOp,
-        /// The object store's error.
-        #[source]
-        source: object_store::Error,
-    },
-    /// The tokio runtime could not be built, or the local directory could
-    /// not be created.
-    #[error("{op}: {source}")]
-    Io {
-        /// What was being done.
-        op: BlobOp,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The method was called from inside a tokio runtime, where blocking on
-    /// the store's own runtime would panic. Call it from a plain thread.
-    #[error("blob store {op} called from inside an async runtime; call it from a plain thread")]
-    InsideAsyncRuntime {
-        /// The method called.
-        op: BlobOp,
-    },
-    /// The root prefix is not a valid object path.
-    #[error("invalid root prefix: {source}")]
-    InvalidRoot {
-        /// Why.
-        #[source]
-        source: object_store::path::Error,
-    },
-    /// `put` of a frame whose header names another tenant than the one
-    /// named.
-    #[error("frame of tenant {found} put under tenant {tenant}")]
-    WrongTenant {
-        /// The tenant named.
-        tenant: TenantId,
-        /// The frame's.
-        found: TenantId,
-    },
-    /// `put` of a frame whose header names another batch than the object's
-    /// key.
-    #[error("frame of batch {found} put as object {object:?}")]
-    WrongObject {
-        /// The object named.
-        object: ObjectKey,
-        /// The frame's batch.
-        found: BatchId,
-    },
-    /// A stored object is larger than any frame the limits allow; it was not
-    /// read.
-    #[error(
-        "stored object {object:?} of tenant {tenant} is {size} bytes, over the {max} a frame may have"
-    )]
-    TooLarge {
-        /// The tenant asked for.
-        tenant: TenantId,
-        /// The object.
-        object: ObjectKey,
-        /// Its size.
-        size: u64,
-        /// The largest frame the limits allow.
-        max: u64,
-    },
-    /// A stored object is not exactly one valid frame.
-    #[error("stored object {object:?} of tenant {tenant} is not a frame: {source}")]
-    NotAFrame {
-        /// The tenant asked for.
-        tenant: TenantId,
-        /// The object.
-        object: ObjectKey,
-        /// The failed check.
-        #[source]
-        source: FrameError,
-    },
-    /// A frame to store is outside the store's frame limits
-    /// ([`ObjectStoreBlobs::with_limits`]): stored, it could not be read
-    /// back, so it is refused before anything is written.
-    #[error(
-        "frame {object:?} of tenant {tenant} would not read back under the store's limits: {source}"
-    )]
-    Unreadable {
-        /// The tenant.
-        tenant: TenantId,
-        /// The object.
-        object: ObjectKey,
-        /// The failed check.
-        #[source]
-        source: FrameError,
-    },
-    /// A stored object is a frame of another tenant or batch than the name
-    /// it is stored under.
-    #[error(
-        "stored object {object:?} of tenant {tenant} holds batch {found_batch} of tenant {found_tenant}"
-    )]
-    Misfiled {
-        /// The tenant asked for.
-        tenant: TenantId,
-        /// The object asked for.
-        object: ObjectKey,
-        /// The frame's tenant.
-        found_tenant: TenantId,
-        /// The frame's batch.
-        found_batch: BatchId,
-    },
-}
-
-/// An [`opsdata::BlobStore`] over an [`object_store::ObjectStore`], each
-/// tenant under its own prefix. See the module docs for the layout, the
-/// checks and the threading rules.
+/// An [`AsyncBlobStore`] over an [`object_store::ObjectStore`], each
+/// tenant under its own prefix. See the module docs for the layout and the
+/// checks.
 ///
 /// ```
-/// use opsdata::{BlobStore, ObjectKey, BatchId, TenantId};
-/// use opsdata_io::ObjectStoreBlobs;
+/// use opsdata::{ObjectKey, BatchId, TenantId};
+/// use opsdata_io::{AsyncBlobStore, ObjectStoreBlobs};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = std::env::temp_dir().join(format!("opsdata-blobs-doc-{}", std::process::id()));
 /// let store = ObjectStoreBlobs::local(&dir)?.with_root("frames")?;
 /// let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse()?;
@@ -202,18 +62,16 @@ pub enum BlobError {
 ///     store.object_path(tenant, key).as_ref(),
 ///     "frames/0f8fad5b-d9cb-469f-a165-70867728950e/7c9e6679-7425-40de-944b-e07fc1f90ae7"
 /// );
-/// assert!(store.get(tenant, key)?.is_none());
-/// assert!(store.list(tenant)?.is_empty());
+/// assert!(store.get(tenant, key).await?.is_none());
+/// assert!(store.list(tenant).await?.is_empty());
 /// # std::fs::remove_dir_all(&dir)?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(())
+/// # }
 /// ```
 pub struct ObjectStoreBlobs {
     store: Arc<dyn ObjectStore>,
     root: Path,
     limits: FrameLimits,
-    /// Always `Some` until `drop`, which takes it to shut it down without
-    /// blocking when dropped inside an async runtime.
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl fmt::Debug for ObjectStoreBlobs {
@@ -228,58 +86,40 @@ impl fmt::Debug for ObjectStoreBlobs {
     }
 }
 
-impl Drop for ObjectStoreBlobs {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            // Dropping a runtime inside another one panics; this does not.
-            runtime.shutdown_background();
-        }
-    }
-}
-
 impl ObjectStoreBlobs {
     /// Blob storage over `store`, with no root prefix and the default
     /// [`FrameLimits`].
-    ///
-    /// # Errors
-    ///
-    /// [`BlobError::Io`] if the runtime cannot be built.
-    pub fn new(store: Arc<dyn ObjectStore>) -> Result<Self, BlobError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| BlobError::Io {
-                op: BlobOp::Connect,
-                source,
-            })?;
-        Ok(ObjectStoreBlobs {
+    #[must_use]
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        ObjectStoreBlobs {
             store,
             root: Path::default(),
             limits: FrameLimits::default(),
-            runtime: Some(runtime),
-        })
+        }
     }
 
-    /// Blob storage in the local directory `dir`, created if missing.
+    /// Blob storage in the local directory `dir`, created if missing,
+    /// through `object_store`'s `LocalFileSystem` with its fsync turned on
+    /// (the file, then the directory after the rename). For the service's
+    /// durable local store prefer [`LocalDirBlobs`](crate::LocalDirBlobs),
+    /// which also syncs a new tenant directory's parent.
     ///
     /// # Errors
     ///
-    /// [`BlobError::Io`] if the directory cannot be created or the runtime
-    /// built, [`BlobError::Store`] if the directory cannot be opened.
+    /// [`BlobError::Io`] if the directory cannot be created,
+    /// [`BlobError::Store`] if it cannot be opened.
     pub fn local(dir: impl AsRef<std::path::Path>) -> Result<Self, BlobError> {
         std::fs::create_dir_all(dir.as_ref()).map_err(|source| BlobError::Io {
             op: BlobOp::Connect,
             source,
         })?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|source| {
-            BlobError::Store {
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map(|fs| fs.with_fsync(true))
+            .map_err(|source| BlobError::Store {
                 op: BlobOp::Connect,
                 source,
-            }
-        })?;
-        Self::new(Arc::new(fs))
+            })?;
+        Ok(Self::new(Arc::new(fs)))
     }
 
     /// Blob storage in an Azure Blob Storage container (or Azurite, the
@@ -293,7 +133,7 @@ impl ObjectStoreBlobs {
     /// # Errors
     ///
     /// [`BlobError::Store`] if the configuration is refused (a malformed
-    /// key or endpoint), [`BlobError::Io`] if the runtime cannot be built.
+    /// key or endpoint).
     #[cfg(feature = "azure")]
     pub fn azure(config: &AzureBlobConfig) -> Result<Self, BlobError> {
         let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
@@ -308,7 +148,7 @@ impl ObjectStoreBlobs {
             op: BlobOp::Connect,
             source,
         })?;
-        Self::new(Arc::new(azure))
+        Ok(Self::new(Arc::new(azure)))
     }
 
     /// Puts every tenant under `root` (a `/`-separated object path such as
@@ -353,87 +193,37 @@ impl ObjectStoreBlobs {
         self.tenant_prefix(tenant)
             .join(object.batch_id().as_uuid().hyphenated().to_string())
     }
-
-    /// The largest object a frame within the limits can be: a sealed
-    /// frame's prefix, the body limit plus the AES-GCM tag, the body CRC.
-    fn max_frame_len(&self) -> u64 {
-        (FIXED_HEADER_LEN + SEAL_SECTION_LEN + 4) as u64
-            + u64::from(self.limits.max_body())
-            + 16
-            + 4
-    }
-
-    /// Runs `fut` to completion on the store's runtime.
-    fn block_on<T>(
-        &self,
-        op: BlobOp,
-        fut: impl Future<Output = Result<T, object_store::Error>>,
-    ) -> Result<T, BlobError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(BlobError::InsideAsyncRuntime { op });
-        }
-        let Some(runtime) = &self.runtime else {
-            // Invariant: `runtime` is set by the constructor and only taken
-            // in `drop`, after which no method can run.
-            unreachable!("the runtime is only taken in drop");
-        };
-        runtime
-            .block_on(fut)
-            .map_err(|source| BlobError::Store { op, source })
-    }
 }
 
-/// The object name `part`, if it is a batch id in canonical form (the form
-/// [`ObjectStoreBlobs::object_path`] writes; `BatchId`'s parser also takes
-/// others, which are not ours).
-fn canonical_batch(part: &PathPart<'_>) -> Option<ObjectKey> {
-    let text = part.as_ref();
-    let id: BatchId = text.parse().ok()?;
-    (id.as_uuid().hyphenated().to_string() == text).then(|| ObjectKey::for_batch(id))
-}
-
-impl BlobStore for ObjectStoreBlobs {
+impl AsyncBlobStore for ObjectStoreBlobs {
     type Error = BlobError;
 
     /// Stores `frame` as `object` of `tenant` (replacing what was there:
-    /// a rewrapped frame replaces its older seal).
+    /// a rewrapped frame replaces its older seal); done when the store's
+    /// PUT has returned.
     ///
     /// # Errors
     ///
-    /// [`BlobError::WrongTenant`] if the frame's header names another
-    /// tenant, [`BlobError::WrongObject`] if it names another batch than
-    /// `object`, [`BlobError::Unreadable`] if [`get`](BlobStore::get) could
-    /// not read it back under the store's limits, all before anything is
-    /// written; [`BlobError::InsideAsyncRuntime`], [`BlobError::Store`].
-    fn put(&mut self, tenant: TenantId, object: ObjectKey, frame: &Frame) -> Result<(), BlobError> {
-        // The store checks the tag too, at its own boundary.
-        if frame.tenant() != tenant {
-            return Err(BlobError::WrongTenant {
-                tenant,
-                found: frame.tenant(),
-            });
-        }
-        if frame.batch_id() != object.batch_id() {
-            return Err(BlobError::WrongObject {
-                object,
-                found: frame.batch_id(),
-            });
-        }
-        // What `get` would refuse is refused now, so the host answers the
-        // agent Transient instead of Delivered for data it cannot read back
-        // (a service whose frame limits are larger than the store's).
-        Frame::decode(frame.as_bytes().clone(), &self.limits).map_err(|source| {
-            BlobError::Unreadable {
-                tenant,
-                object,
-                source,
-            }
-        })?;
+    /// [`BlobError::WrongTenant`], [`BlobError::WrongObject`],
+    /// [`BlobError::Unreadable`] before anything is written;
+    /// [`BlobError::Store`].
+    async fn put(
+        &self,
+        tenant: TenantId,
+        object: ObjectKey,
+        frame: &Frame,
+    ) -> Result<(), BlobError> {
+        check_put(tenant, object, frame, &self.limits)?;
         let path = self.object_path(tenant, object);
         let payload = PutPayload::from(frame.as_bytes().clone());
-        self.block_on(BlobOp::Put, async {
-            self.store.put(&path, payload).await.map(|_| ())
-        })
+        self.store
+            .put(&path, payload)
+            .await
+            .map(|_| ())
+            .map_err(|source| BlobError::Store {
+                op: BlobOp::Put,
+                source,
+            })
     }
 
     /// The bytes of `object` of `tenant`, if stored; only if they are
@@ -442,49 +232,29 @@ impl BlobStore for ObjectStoreBlobs {
     /// # Errors
     ///
     /// [`BlobError::TooLarge`] (not read), [`BlobError::NotAFrame`],
-    /// [`BlobError::Misfiled`] for an object that is not that tenant's
-    /// frame of that batch; [`BlobError::InsideAsyncRuntime`],
-    /// [`BlobError::Store`].
-    fn get(&self, tenant: TenantId, object: ObjectKey) -> Result<Option<Bytes>, BlobError> {
+    /// [`BlobError::Misfiled`]; [`BlobError::Store`].
+    async fn get(&self, tenant: TenantId, object: ObjectKey) -> Result<Option<Bytes>, BlobError> {
         let path = self.object_path(tenant, object);
-        let max = self.max_frame_len();
-        let read = self.block_on(BlobOp::Get, async {
-            let result = match self.store.get(&path).await {
-                Ok(result) => result,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            if result.meta.size > max {
-                return Ok(Some(Err(result.meta.size)));
-            }
-            result.bytes().await.map(|b| Some(Ok(b)))
-        })?;
-        let bytes = match read {
-            None => return Ok(None),
-            Some(Err(size)) => {
-                return Err(BlobError::TooLarge {
-                    tenant,
-                    object,
-                    size,
-                    max,
-                });
-            }
-            Some(Ok(bytes)) => bytes,
-        };
-        let frame = Frame::decode(bytes, &self.limits).map_err(|source| BlobError::NotAFrame {
-            tenant,
-            object,
+        let max = max_frame_len(&self.limits);
+        let store = |source| BlobError::Store {
+            op: BlobOp::Get,
             source,
-        })?;
-        if frame.tenant() != tenant || frame.batch_id() != object.batch_id() {
-            return Err(BlobError::Misfiled {
+        };
+        let result = match self.store.get(&path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store(e)),
+        };
+        if result.meta.size > max {
+            return Err(BlobError::TooLarge {
                 tenant,
                 object,
-                found_tenant: frame.tenant(),
-                found_batch: frame.batch_id(),
+                size: result.meta.size,
+                max,
             });
         }
-        Ok(Some(frame.into_bytes()))
+        let bytes = result.bytes().await.map_err(store)?;
+        check_stored(tenant, object, bytes, &self.limits).map(Some)
     }
 
     /// The objects of `tenant`, in name order: the names directly under its
@@ -494,32 +264,34 @@ impl BlobStore for ObjectStoreBlobs {
     ///
     /// # Errors
     ///
-    /// [`BlobError::InsideAsyncRuntime`], [`BlobError::Store`].
-    fn list(&self, tenant: TenantId) -> Result<Vec<ObjectKey>, BlobError> {
+    /// [`BlobError::Store`].
+    async fn list(&self, tenant: TenantId) -> Result<Vec<ObjectKey>, BlobError> {
         let prefix = self.tenant_prefix(tenant);
-        let mut keys = self.block_on(BlobOp::List, async {
-            let mut keys = Vec::new();
-            let mut stream = self.store.list(Some(&prefix));
-            while let Some(item) = stream.next().await {
-                let meta = match item {
-                    Ok(meta) => meta,
-                    // A name under the prefix that is not a valid object
-                    // path (the local filesystem reports these per entry)
-                    // cannot be one of ours.
-                    Err(object_store::Error::InvalidPath { .. }) => continue,
-                    Err(e) => return Err(e),
-                };
-                let Some(mut rest) = meta.location.prefix_match(&prefix) else {
-                    continue;
-                };
-                if let (Some(name), None) = (rest.next(), rest.next())
-                    && let Some(key) = canonical_batch(&name)
-                {
-                    keys.push(key);
+        let mut keys = Vec::new();
+        let mut stream = self.store.list(Some(&prefix));
+        while let Some(item) = stream.next().await {
+            let meta = match item {
+                Ok(meta) => meta,
+                // A name under the prefix that is not a valid object
+                // path (the local filesystem reports these per entry)
+                // cannot be one of ours.
+                Err(object_store::Error::InvalidPath { .. }) => continue,
+                Err(source) => {
+                    return Err(BlobError::Store {
+                        op: BlobOp::List,
+                        source,
+                    });
                 }
+            };
+            let Some(mut rest) = meta.location.prefix_match(&prefix) else {
+                continue;
+            };
+            if let (Some(name), None) = (rest.next(), rest.next())
+                && let Some(key) = canonical_batch(name.as_ref())
+            {
+                keys.push(key);
             }
-            Ok(keys)
-        })?;
+        }
         keys.sort_unstable();
         keys.dedup();
         Ok(keys)
@@ -529,15 +301,16 @@ impl BlobStore for ObjectStoreBlobs {
     ///
     /// # Errors
     ///
-    /// [`BlobError::InsideAsyncRuntime`], [`BlobError::Store`].
-    fn delete(&mut self, tenant: TenantId, object: ObjectKey) -> Result<(), BlobError> {
+    /// [`BlobError::Store`].
+    async fn delete(&self, tenant: TenantId, object: ObjectKey) -> Result<(), BlobError> {
         let path = self.object_path(tenant, object);
-        self.block_on(BlobOp::Delete, async {
-            match self.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(BlobError::Store {
+                op: BlobOp::Delete,
+                source,
+            }),
+        }
     }
 }
 

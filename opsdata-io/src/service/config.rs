@@ -1,0 +1,150 @@
+//! The service's limits and timeouts.
+
+use std::time::Duration;
+
+use crate::identity::{TlsError, timeout};
+
+/// The service's limits: connections, requests, body size, and the
+/// timeouts that stop slow clients from holding resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) header_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) key_reservation_block: u64,
+}
+
+impl Default for ServiceLimits {
+    /// 1024 connections, 256 frame requests at once, 32 MiB bodies, 10 s
+    /// for the TLS handshake, 10 s for a request's head (and for an idle
+    /// HTTP/1.1 connection's next one), 60 s for its body, `Retry-After:
+    /// 1`, key usage reserved 65 536 seals at a time.
+    fn default() -> Self {
+        ServiceLimits {
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+            max_body_bytes: 32 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            retry_after: Duration::from_secs(1),
+            key_reservation_block: 65_536,
+        }
+    }
+}
+
+fn positive(setting: &'static str, n: usize) -> Result<usize, TlsError> {
+    if n == 0 {
+        Err(TlsError::Zero { setting })
+    } else {
+        Ok(n)
+    }
+}
+
+impl ServiceLimits {
+    /// Connections served at once (before or after the handshake); more
+    /// are closed at once, before their handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_max_connections(mut self, n: usize) -> Result<Self, TlsError> {
+        self.max_connections = positive("max_connections", n)?;
+        Ok(self)
+    }
+
+    /// Frame requests processed at once, over all connections; more are
+    /// answered `503` with `Retry-After`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_max_concurrent_requests(mut self, n: usize) -> Result<Self, TlsError> {
+        self.max_concurrent_requests = positive("max_concurrent_requests", n)?;
+        Ok(self)
+    }
+
+    /// The largest request body; larger ones are answered `413`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_max_body_bytes(mut self, n: usize) -> Result<Self, TlsError> {
+        self.max_body_bytes = positive("max_body_bytes", n)?;
+        Ok(self)
+    }
+
+    /// How long the TLS handshake may take, from the accept.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_handshake_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.handshake_timeout = timeout("handshake timeout", d)?;
+        Ok(self)
+    }
+
+    /// How long a request's head may take to arrive (HTTP/1.1: also how
+    /// long a kept connection may idle before its next request).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_header_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.header_timeout = timeout("header timeout", d)?;
+        Ok(self)
+    }
+
+    /// How long a request's whole body may take to arrive, from its head.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_body_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.body_timeout = timeout("body timeout", d)?;
+        Ok(self)
+    }
+
+    /// The `Retry-After` of a `503` (rounded up to whole seconds, at least
+    /// 1).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_retry_after(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.retry_after = timeout("retry after", d)?;
+        Ok(self)
+    }
+
+    /// How many seals one key-ring write reserves (`docs/KEYS.md`, "Usage
+    /// in blocks"); 1 saves the ring before every seal.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_key_reservation_block(mut self, n: u64) -> Result<Self, TlsError> {
+        if n == 0 {
+            return Err(TlsError::Zero {
+                setting: "key_reservation_block",
+            });
+        }
+        self.key_reservation_block = n;
+        Ok(self)
+    }
+
+    /// The largest request body.
+    #[must_use]
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The body timeout.
+    #[must_use]
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
+    }
+}

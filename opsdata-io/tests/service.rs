@@ -1,0 +1,579 @@
+//! The HTTPS ingest service end to end on 127.0.0.1 (port 0) with
+//! certificates made at test time (rcgen), a multi-thread tokio runtime and
+//! a hyper client over tokio-rustls: what the raw-TLS tests proved, over
+//! HTTPS (`docs/WIRE.md`).
+//!
+//! Timeouts in the slow-client tests are short (1 s) and the waits for the
+//! service to react generous (30 s), only so a bug fails the test instead
+//! of hanging it: no assertion depends on timing.
+
+// Tests may read the wall clock and draw random ids.
+#![allow(clippy::disallowed_methods)]
+
+mod service_support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration as StdDuration;
+
+use bytes::Bytes;
+use chrono::Duration;
+use hyper::StatusCode;
+use opsdata::{KeyRing, KeyStore, ObjectKey, Outcome, TenantId};
+use opsdata_io::{AsyncBlobStore, ServiceLimits};
+use service_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const GUARD: StdDuration = StdDuration::from_secs(30);
+
+fn stored(svc: &opsdata_io::IngestService<TestStore>, t: TenantId) -> usize {
+    svc.store().inner.count(t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_stored_sealed_over_http1_and_http2_and_counted() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let svc = build(TestStore::default(), &clock, limits(), keys.clone());
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let agent = pki.agent(WS_A);
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut c = Client::connect(run.addr, pki.client(Some(&agent), alpn))
+            .await
+            .unwrap();
+        let frames: Vec<_> = (0..3).map(|_| frame(a, 5)).collect();
+        let r = c.post(body(&frames)).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.headers["content-type"],
+            opsdata_io::ACKS_CONTENT_TYPE,
+            "{alpn:?}"
+        );
+        let acks = acks(&r.body);
+        assert_eq!(acks.len(), 3);
+        for (ack, f) in acks.iter().zip(&frames) {
+            assert_eq!(ack.batch_id, Some(f.batch_id()));
+            assert_eq!(ack.outcome, Outcome::Delivered);
+            // Stored, and sealed.
+            let bytes = svc
+                .store()
+                .get(a, ObjectKey::for_batch(f.batch_id()))
+                .await
+                .unwrap()
+                .expect("stored");
+            let back = opsdata::Frame::decode(bytes, &Default::default()).unwrap();
+            assert!(back.header().sealed);
+        }
+        // The same request again: duplicates, answered delivered.
+        let r = c.post(body(&frames)).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(acks_all(&r.body, Outcome::Delivered));
+        // Health and readiness on the same connection.
+        let h = c.get("/healthz").await.unwrap();
+        assert_eq!((h.status, &h.body[..]), (StatusCode::OK, &b"ok\n"[..]));
+        assert_eq!(c.get("/readyz").await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(stored(&svc, a), 6);
+    let mut c = Client::connect(run.addr, pki.client(Some(&agent), b"h2"))
+        .await
+        .unwrap();
+    let text = String::from_utf8(c.get("/metrics").await.unwrap().body.to_vec()).unwrap();
+    assert_eq!(metric(&text, "opsdata_frames_received_total"), 12.0);
+    assert_eq!(metric(&text, "opsdata_frames_stored_total"), 6.0);
+    assert_eq!(metric(&text, "opsdata_records_stored_total"), 30.0);
+    assert_eq!(metric(&text, "opsdata_frames_duplicate_total"), 6.0);
+    assert_eq!(metric(&text, "opsdata_seals_total"), 6.0);
+    assert_eq!(metric(&text, "opsdata_store_seconds_count"), 6.0);
+    assert_eq!(metric(&text, "opsdata_requests_total{status=\"200\"}"), 4.0);
+    assert_eq!(
+        metric(&text, "opsdata_connections_total{result=\"accepted\"}"),
+        3.0
+    );
+    // Nothing secret or tenant-identifying in the exposition.
+    assert!(!text.contains(WS_A));
+    run.shutdown().await;
+}
+
+fn acks_all(body: &[u8], outcome: Outcome) -> bool {
+    acks(body).iter().all(|a| a.outcome == outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_or_no_client_certificate_is_refused_in_the_handshake() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    // A certificate of another CA with the right subject.
+    let rogue_ca = pki::ca("rogue CA", pki.now).unwrap();
+    let rogue = pki::agent(&rogue_ca, WS_A, &uuid::Uuid::new_v4().to_string(), pki.now).unwrap();
+    for client in [pki.client(Some(&rogue), b"h2"), pki.client(None, b"h2")] {
+        // TLS 1.3: the client may finish its side before the server's
+        // refusal arrives; then the first request fails.
+        match Client::connect(run.addr, client).await {
+            Err(_) => {}
+            Ok(mut c) => assert!(c.post(body(&[frame(tenant(WS_A), 1)])).await.is_err()),
+        }
+    }
+    assert_eq!(stored(&svc, tenant(WS_A)), 0);
+    let text = svc.metrics_text();
+    assert_eq!(
+        metric(
+            &text,
+            "opsdata_connections_total{result=\"handshake_failed\"}"
+        ),
+        2.0
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_mid_connection_is_refused_on_the_next_request() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    let agent = pki.agent(WS_A);
+    let a = tenant(WS_A);
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        clock.set(pki.now);
+        let mut c = Client::connect(run.addr, pki.client(Some(&agent), alpn))
+            .await
+            .unwrap();
+        let r = c.post(body(&[frame(a, 1)])).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        // The service's clock passes the certificate's notAfter (365 days).
+        clock.set(pki.now + Duration::days(400));
+        let f = frame(a, 1);
+        let r = c.post(body(std::slice::from_ref(&f))).await.unwrap();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{alpn:?}");
+        assert!(
+            svc.store()
+                .get(a, ObjectKey::for_batch(f.batch_id()))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // The connection is closed: the next request on it fails.
+        let next = tokio::time::timeout(GUARD, c.post(body(&[frame(a, 1)]))).await;
+        assert!(next.unwrap().is_err(), "{alpn:?}: the connection was kept");
+    }
+    assert_eq!(stored(&svc, a), 2);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workspaces_frame_is_rejected_and_counted() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    let (a, b) = (tenant(WS_A), tenant(WS_B));
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    let (good, foreign, after) = (frame(a, 2), frame(b, 2), frame(a, 2));
+    let r = c
+        .post(body(&[good.clone(), foreign.clone(), after.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let acks = acks(&r.body);
+    assert_eq!(
+        acks.iter()
+            .map(|a| (a.batch_id.unwrap(), a.outcome))
+            .collect::<Vec<_>>(),
+        vec![
+            (good.batch_id(), Outcome::Delivered),
+            (foreign.batch_id(), Outcome::Rejected),
+            (after.batch_id(), Outcome::Delivered),
+        ]
+    );
+    assert_eq!(stored(&svc, a), 2);
+    assert_eq!(stored(&svc, b), 0);
+    assert_eq!(svc.stats(a).tenant_mismatches, 1);
+    let text = svc.metrics_text();
+    assert_eq!(metric(&text, "opsdata_tenant_mismatches_total"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "opsdata_frames_rejected_total{reason=\"tenant_mismatch\"}"
+        ),
+        1.0
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_empty_bodies_are_400_with_the_acks_read() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"http/1.1"))
+        .await
+        .unwrap();
+    let r = c.post(Bytes::from_static(&[0x42; 300])).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let got = acks(&r.body);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].batch_id, got[0].outcome), (None, Outcome::Rejected));
+
+    // A good frame, then one cut short: the first stored, the second
+    // rejected.
+    let (first, second) = (frame(a, 2), frame(a, 2));
+    let mut bytes = body(&[first.clone(), second.clone()]).to_vec();
+    bytes.truncate(bytes.len() - 10);
+    let r = c.post(Bytes::from(bytes)).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let got = acks(&r.body);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].batch_id, got[0].outcome),
+        (Some(first.batch_id()), Outcome::Delivered)
+    );
+    assert_eq!(got[1].outcome, Outcome::Rejected);
+    assert_eq!(stored(&svc, a), 1);
+
+    // A frame whose body CRC is wrong: rejected by its batch id.
+    let bad = frame(a, 2);
+    let mut bytes = bad.as_bytes().to_vec();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    let r = c.post(Bytes::from(bytes)).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(acks(&r.body)[0].batch_id, Some(bad.batch_id()));
+
+    let r = c.post(Bytes::new()).await.unwrap();
+    assert_eq!((r.status, r.body.len()), (StatusCode::BAD_REQUEST, 0));
+    // The wrong content type.
+    let req = hyper::Request::post(opsdata_io::FRAMES_PATH)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body(&[frame(a, 1)])))
+        .unwrap();
+    assert_eq!(
+        c.send(req).await.unwrap().status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(stored(&svc, a), 1);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_and_nothing_is_stored() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let limits = ServiceLimits::default().with_max_body_bytes(4096).unwrap();
+    let svc = build(TestStore::default(), &clock, limits, SharedKeys::default());
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let agent = pki.agent(WS_A);
+    let frames: Vec<_> = (0..40).map(|_| frame(a, 5)).collect();
+    let big = body(&frames);
+    assert!(big.len() > 4096);
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut c = Client::connect(run.addr, pki.client(Some(&agent), alpn))
+            .await
+            .unwrap();
+        let r = c.post(big.clone()).await.unwrap();
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.headers["x-opsdata-max-body-bytes"], "4096");
+    }
+    assert_eq!(stored(&svc, a), 0);
+    run.shutdown().await;
+}
+
+async fn closed_within(tls: &mut Tls) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(GUARD, tls.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the service did not close the slow connection"
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_bodies_are_cut_off() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let limits = ServiceLimits::default()
+        .with_header_timeout(StdDuration::from_secs(1))
+        .unwrap()
+        .with_body_timeout(StdDuration::from_secs(1))
+        .unwrap();
+    let svc = build(TestStore::default(), &clock, limits, SharedKeys::default());
+    let run = start(&svc, &pki).await;
+    let agent = pki.agent(WS_A);
+    // Headers that never end.
+    let mut t = tls(run.addr, pki.client(Some(&agent), b"http/1.1"))
+        .await
+        .unwrap();
+    t.write_all(b"POST /v1/frames HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    t.flush().await.unwrap();
+    let got = closed_within(&mut t).await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A body that never ends: 408, then closed.
+    let mut t = tls(run.addr, pki.client(Some(&agent), b"http/1.1"))
+        .await
+        .unwrap();
+    let f = frame(tenant(WS_A), 1);
+    let head = format!(
+        "POST /v1/frames HTTP/1.1\r\nhost: localhost\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+        opsdata_io::FRAMES_CONTENT_TYPE,
+        f.as_bytes().len()
+    );
+    t.write_all(head.as_bytes()).await.unwrap();
+    t.write_all(&f.as_bytes()[..10]).await.unwrap();
+    t.flush().await.unwrap();
+    let got = closed_within(&mut t).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(stored(&svc, tenant(WS_A)), 0);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_are_all_stored() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let config = pki.client(Some(&pki.agent(WS_A)), b"http/1.1");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let config = Arc::clone(&config);
+        let addr = run.addr;
+        tasks.spawn(async move {
+            let mut c = Client::connect(addr, config).await.unwrap();
+            let f = frame(a, 3);
+            let r = c.post(body(std::slice::from_ref(&f))).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+            let got = acks(&r.body);
+            assert_eq!(
+                (got[0].batch_id, got[0].outcome),
+                (Some(f.batch_id()), Outcome::Delivered)
+            );
+            c
+        });
+    }
+    // Keep every connection open until all have answered.
+    let mut open = Vec::new();
+    while let Some(c) = tasks.join_next().await {
+        open.push(c.unwrap());
+    }
+    assert_eq!(open.len(), 200);
+    assert_eq!(stored(&svc, a), 200);
+    assert_eq!(
+        metric(&svc.metrics_text(), "opsdata_connections_open"),
+        200.0
+    );
+    drop(open);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_is_503_and_the_retry_stores_every_frame() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    let frames: Vec<_> = (0..4).map(|_| frame(a, 2)).collect();
+    svc.store().failing.store(true, Ordering::SeqCst);
+    let r = c.post(body(&frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(acks_all(&r.body, Outcome::Transient));
+    assert_eq!(stored(&svc, a), 0);
+    // The store is back: the same request is stored, not answered as
+    // duplicates of data never stored.
+    svc.store().failing.store(false, Ordering::SeqCst);
+    let r = c.post(body(&frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(acks_all(&r.body, Outcome::Delivered));
+    assert_eq!(stored(&svc, a), 4);
+    assert_eq!(svc.stats(a).duplicates, 0);
+    assert_eq!(
+        metric(&svc.metrics_text(), "opsdata_store_failures_total"),
+        4.0
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let store = TestStore {
+        gate: Some(Gate::new()),
+        ..TestStore::default()
+    };
+    let svc = build(store, &clock, limits(), SharedKeys::default());
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let config = pki.client(Some(&pki.agent(WS_A)), b"h2");
+    let mut c = Client::connect(run.addr, config.clone()).await.unwrap();
+    let mut c1 = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"http/1.1"))
+        .await
+        .unwrap();
+    let frames: Vec<_> = (0..6).map(|_| frame(a, 2)).collect();
+    let (f1, f2) = (frames[..3].to_vec(), frames[3..].to_vec());
+    let r1 = tokio::spawn(async move { c.post(body(&f1)).await });
+    let r2 = tokio::spawn(async move { c1.post(body(&f2)).await });
+    // Wait until all six puts are held by the store.
+    let gate = svc.store().gate.as_ref().unwrap();
+    tokio::time::timeout(GUARD, async {
+        while gate.waiting.load(Ordering::SeqCst) < 6 {
+            let arrived = gate.arrived.notified();
+            if gate.waiting.load(Ordering::SeqCst) >= 6 {
+                break;
+            }
+            arrived.await;
+        }
+    })
+    .await
+    .unwrap();
+    let stop = run.stop;
+    let done = run.done;
+    let addr = run.addr;
+    let _ = stop.unwrap().send(());
+    // Shutting down: not ready, and no new connection is served.
+    tokio::time::timeout(GUARD, async {
+        while svc.is_ready() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    gate.release();
+    for r in [r1, r2] {
+        let r = r.await.unwrap().unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(acks_all(&r.body, Outcome::Delivered));
+    }
+    tokio::time::timeout(GUARD, done)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored(&svc, a), 6);
+    // Every frame acknowledged is stored whole (the store checks both
+    // CRCs on read) and sealed.
+    for f in &frames {
+        let bytes = svc
+            .store()
+            .get(a, ObjectKey::for_batch(f.batch_id()))
+            .await
+            .unwrap()
+            .unwrap();
+        let back = opsdata::Frame::decode(bytes, &Default::default()).unwrap();
+        assert!(back.header().sealed);
+    }
+    // After shutdown the port is closed.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_mounts_in_an_axum_app_next_to_another_route() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let app = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello\n" }))
+        .merge(svc.router());
+    let run = start_app(&svc, &pki, app).await;
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    let h = c.get("/hello").await.unwrap();
+    assert_eq!((h.status, &h.body[..]), (StatusCode::OK, &b"hello\n"[..]));
+    let r = c.post(body(&[frame(tenant(WS_A), 1)])).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(stored(&svc, tenant(WS_A)), 1);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_usage_is_reserved_in_blocks_and_never_recorded_below_real_use() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let limits = ServiceLimits::default()
+        .with_key_reservation_block(4)
+        .unwrap();
+    let svc = build(TestStore::default(), &clock, limits, keys.clone());
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    for n in 1..=10u64 {
+        let r = c.post(body(&[frame(a, 1)])).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let (usage, reserved) = svc.key_usage(a).unwrap();
+        assert_eq!(usage, n);
+        // What the key store records is never below the real usage.
+        let sealed = keys.get(a).unwrap().unwrap();
+        let ring = KeyRing::from_sealed(&sealed, a, &wrapping_key()).unwrap();
+        let recorded = ring.primary().unwrap().usage;
+        assert!(recorded >= usage, "recorded {recorded} < real {usage}");
+        assert_eq!(recorded, reserved);
+        assert!(recorded - usage < 4);
+    }
+    // Provisioning wrote the ring once; 10 seals in blocks of 4: 3 more.
+    assert_eq!(keys.1.load(Ordering::SeqCst), 4);
+    run.shutdown().await;
+}
