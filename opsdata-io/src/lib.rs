@@ -3,18 +3,21 @@
 //!
 //! - [`FileSpool`]: a crash-safe [`opsdata::Spool`] on disk (segment log of
 //!   frames and removal markers, `docs/SPOOL.md`).
-//! - [`TlsTransport`]: an [`opsdata::Transport`] over mutual TLS (rustls),
-//!   speaking the wire protocol of `docs/WIRE.md`.
-//! - [`ObjectStoreBlobs`]: an [`opsdata::BlobStore`] over `object_store`
-//!   (Azure Blob, S3, GCS, local filesystem), each tenant under its own
-//!   prefix.
+//! - [`IngestService`]: the ingest service over HTTPS (`docs/WIRE.md`,
+//!   `docs/SERVICE.md`) as an `axum::Router`, and [`serve`] to run it over
+//!   rustls with mutual TLS.
+//! - [`AsyncBlobStore`]: where the service stores sealed frames:
+//!   [`ObjectStoreBlobs`] (`object_store`: Azure Blob, S3, GCS, local
+//!   files), [`LocalDirBlobs`] (a durable local directory), each tenant
+//!   under its own prefix.
+//! - [`TlsIdentity`], [`load_certificates`]: certificates and keys for
+//!   either side.
 //!
 //! The wire acknowledgement ([`Ack`]) and the formats are specified in
 //! `opsdata-io/docs/` (`WIRE.md`, `SPOOL.md`, `BLOBS.md`).
 //!
 //! An agent whose backlog survives a restart, on a fake clock (the
-//! transport here is the core's in-memory one; [`TlsTransport`] is the real
-//! one):
+//! transport here is the core's in-memory one):
 //!
 //! ```
 //! use chrono::{TimeZone, Utc};
