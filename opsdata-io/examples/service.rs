@@ -44,7 +44,10 @@ mod keys;
 
 /// The opsdata ingest service: HTTPS, mutual TLS, durable storage.
 #[derive(Debug, Parser)]
-#[command(version, about = "The opsdata ingest service: HTTPS, mutual TLS, durable storage.")]
+#[command(
+    version,
+    about = "The opsdata ingest service: HTTPS, mutual TLS, durable storage."
+)]
 struct Args {
     /// Directory with `enrollment-ca.pem`, `service.pem`, `service.key`
     /// (from the `certs` example); `blobs/`, `keys/` and `wrapping.key`
