@@ -20,7 +20,7 @@ use bytes::Bytes;
 use chrono::Duration;
 use hyper::StatusCode;
 use opsdata::{KeyRing, KeyStore, ObjectKey, Outcome, TenantId};
-use opsdata_io::{AsyncBlobStore, ServiceLimits};
+use opsdata_io::{AsyncBlobStore, IngestService, ServiceLimits};
 use service_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -575,5 +575,88 @@ async fn key_usage_is_reserved_in_blocks_and_never_recorded_below_real_use() {
     }
     // Provisioning wrote the ring once; 10 seals in blocks of 4: 3 more.
     assert_eq!(keys.1.load(Ordering::SeqCst), 4);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_tenant_gets_429_with_retry_after_and_nothing_stored() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let a = tenant(WS_A);
+    let f = frame(a, 20);
+    let content = u64::from(f.header().content_len);
+    // A burst of one frame's worth, refilled at 1/10 of it per second.
+    let rate = opsdata::RateLimit::new(content / 10 + 1, content + 1).unwrap();
+    let svc = IngestService::builder(TestStore::default())
+        .ingest_config(opsdata::IngestConfig::default().with_rate_limit(Some(rate)))
+        .clock(clock.clock())
+        .key_store(SharedKeys::default(), wrapping_key())
+        .provisioning(opsdata::RotationPolicy::default())
+        .build()
+        .unwrap();
+    let run = start(&svc, &pki).await;
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    let r = c.post(body(std::slice::from_ref(&f))).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // The bucket is empty: the next request is throttled whole.
+    let g = frame(a, 20);
+    let r = c.post(body(std::slice::from_ref(&g))).await.unwrap();
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=11).contains(&wait), "{wait}");
+    let got = acks(&r.body);
+    assert_eq!(got[0].batch_id, Some(g.batch_id()));
+    assert!(matches!(got[0].outcome, Outcome::Throttled { .. }));
+    assert_eq!(stored(&svc, a), 1);
+    // After the wait (on the service's clock) it is stored.
+    clock.set(pki.now + Duration::seconds(11));
+    let r = c.post(body(std::slice::from_ref(&g))).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(stored(&svc, a), 2);
+    assert_eq!(
+        metric(&svc.metrics_text(), "opsdata_frames_throttled_total"),
+        1.0
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_limit_new_connections_are_closed() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let limits = ServiceLimits::default().with_max_connections(2).unwrap();
+    let svc = build(TestStore::default(), &clock, limits, SharedKeys::default());
+    let run = start(&svc, &pki).await;
+    let config = pki.client(Some(&pki.agent(WS_A)), b"h2");
+    let mut c1 = Client::connect(run.addr, config.clone()).await.unwrap();
+    let mut c2 = Client::connect(run.addr, config.clone()).await.unwrap();
+    assert_eq!(c1.get("/healthz").await.unwrap().status, StatusCode::OK);
+    assert_eq!(c2.get("/healthz").await.unwrap().status, StatusCode::OK);
+    // A third: closed before its handshake.
+    assert!(Client::connect(run.addr, config.clone()).await.is_err());
+    assert_eq!(
+        metric(
+            &svc.metrics_text(),
+            "opsdata_connections_total{result=\"over_limit\"}"
+        ),
+        1.0
+    );
+    // One closes: a new one is served.
+    drop(c1);
+    let ok = tokio::time::timeout(GUARD, async {
+        loop {
+            if let Ok(mut c) = Client::connect(run.addr, config.clone()).await
+                && c.get("/healthz").await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok());
+    drop(c2);
     run.shutdown().await;
 }

@@ -240,13 +240,15 @@ async fn frames<B: AsyncBlobStore>(State(svc): State<IngestService<B>>, req: Req
             return too_large();
         }
         let m = &svc.inner.metrics;
+        // Counted down however the request ends (a client that goes away
+        // drops this future).
         m.requests_in_flight.inc();
+        let _in_flight = InFlight(m.requests_in_flight.clone());
         let body = Limited::new(req.into_body(), limits.max_body_bytes);
         let read = tokio::time::timeout(limits.body_timeout, body.collect()).await;
         let body = match read {
             Ok(Ok(c)) => c.to_bytes(),
             Ok(Err(e)) => {
-                m.requests_in_flight.dec();
                 if e.downcast_ref::<LengthLimitError>().is_some() {
                     svc.count(StatusCode::PAYLOAD_TOO_LARGE);
                     return too_large();
@@ -257,7 +259,6 @@ async fn frames<B: AsyncBlobStore>(State(svc): State<IngestService<B>>, req: Req
                 return status_only(StatusCode::BAD_REQUEST, true, version);
             }
             Err(_) => {
-                m.requests_in_flight.dec();
                 debug!("request body too slow");
                 auth.close.notify_one();
                 svc.count(StatusCode::REQUEST_TIMEOUT);
@@ -265,7 +266,6 @@ async fn frames<B: AsyncBlobStore>(State(svc): State<IngestService<B>>, req: Req
             }
         };
         let reply = svc.ingest(auth.principal.clone(), body).await;
-        m.requests_in_flight.dec();
         let status = match reply.kind {
             ReplyKind::Ok => StatusCode::OK,
             ReplyKind::BadFrames => StatusCode::BAD_REQUEST,
@@ -297,4 +297,13 @@ async fn frames<B: AsyncBlobStore>(State(svc): State<IngestService<B>>, req: Req
     }
     .instrument(span)
     .await
+}
+
+/// Counts a request in flight down when dropped.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
