@@ -1,0 +1,405 @@
+//! Load generator and benchmark of the HTTPS ingest service, end to end on
+//! loopback: agents (a minimal hyper HTTP/2 client here) → the service (a
+//! child process running this binary with `serve`, durable
+//! `LocalDirBlobs`, key rings in memory with usage reserved in blocks) →
+//! a local directory. Beside it, in the same run, decoding alone (the
+//! core's decoder, payload reader and record validation, one thread) of
+//! the same frames.
+//!
+//! Prints one table row per scenario: frames/s, records/s, MB/s of
+//! payload (uncompressed content), the service's CPU cores used (from
+//! `/proc/<pid>/stat` of the service process: utime + stime over the run),
+//! the payload MB/s per service core as a fraction of decoding alone per
+//! core, and request latency p50 / p99.
+//!
+//! ```text
+//! cargo run --release -p opsdata-io --example loadgen -- [--seconds 10] [--dir /tmp/opsdata-loadgen]
+//! ```
+//!
+//! Linux only (it reads `/proc`).
+
+// A benchmark reads the clock, draws ids and spawns its service.
+#![allow(clippy::disallowed_methods)]
+
+#[allow(dead_code)]
+#[path = "support/pki.rs"]
+mod pki;
+
+use std::error::Error;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opsdata::{
+    BatchId, DataType, FIXED_HEADER_LEN, Frame, FrameDecoder, FrameEncoder, FrameHeader,
+    FrameLimits, MemoryKeyStore, PayloadReader, Performance, Record, RecordLimits, RotationPolicy,
+    Tagged, TenantBatch, TenantId, WrappingKey,
+};
+use opsdata_io::{
+    IngestService, LocalDirBlobs, ServeConfig, ServiceLimits, TlsIdentity, load_certificates,
+};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use uuid::Uuid;
+
+/// End-to-end benchmark of the HTTPS ingest service.
+#[derive(Debug, Parser)]
+#[command(about = "End-to-end benchmark of the HTTPS ingest service (loopback, durable local store).")]
+struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Working directory (certificates, the service's blobs; emptied first).
+    #[arg(long, default_value = "/tmp/opsdata-loadgen")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Run the service only (what the benchmark spawns): prints `ADDR
+    /// <addr>`, serves until stdin closes.
+    Serve {
+        /// The working directory the benchmark made.
+        dir: PathBuf,
+    },
+}
+
+const WORKSPACES: [&str; 4] = [
+    "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+    "16fd2706-8baf-433b-82eb-8c7fada847da",
+    "886313e1-3b8a-5372-9b90-0c9aee199e5d",
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = Args::parse();
+    match args.mode {
+        Some(Mode::Serve { dir }) => serve(&dir),
+        None => bench(&args),
+    }
+}
+
+fn serve(dir: &Path) -> Result<(), Box<dyn Error>> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let identity =
+            TlsIdentity::from_pem_files(&dir.join("service.pem"), &dir.join("service.key"))?;
+        let ca = load_certificates(&dir.join("enrollment-ca.pem"))?;
+        let store = LocalDirBlobs::new(dir.join("blobs"))?;
+        let service = IngestService::builder(store)
+            .limits(ServiceLimits::default())
+            .key_store(
+                MemoryKeyStore::new(),
+                WrappingKey::new(1, opsdata::KeyMaterial::from_bytes([7; 32])),
+            )
+            .provisioning(RotationPolicy::default())
+            .build()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("ADDR {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        // Serve until the benchmark closes our stdin.
+        let stop = tokio::task::spawn_blocking(|| {
+            let mut s = String::new();
+            while std::io::stdin().read_line(&mut s).map(|n| n > 0).unwrap_or(false) {}
+        });
+        opsdata_io::serve(listener, service, ServeConfig::new(identity, ca), async {
+            let _ = stop.await;
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+struct Scenario {
+    name: &'static str,
+    records: usize,
+    connections: usize,
+}
+
+fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
+    let dir = &args.dir;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let now = Utc::now();
+    let enrollment = pki::ca("loadgen enrollment CA", now)?;
+    let service_ca = pki::ca("loadgen service CA", now)?;
+    let service = pki::service(&service_ca, &["localhost"], now)?;
+    std::fs::write(dir.join("enrollment-ca.pem"), &enrollment.pem)?;
+    std::fs::write(dir.join("service.pem"), &service.pem)?;
+    std::fs::write(dir.join("service.key"), &service.key_pem)?;
+    let agents: Vec<pki::Issued> = WORKSPACES
+        .iter()
+        .map(|w| pki::agent(&enrollment, w, &Uuid::new_v4().to_string(), now))
+        .collect::<Result<_, _>>()?;
+
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let addr = read_addr(&mut child)?;
+    let pid = child.id();
+
+    println!(
+        "| scenario | conns | tenants | frames/s | records/s | payload MB/s | service cores | of decode alone per core | p50 ms | p99 ms | decode alone MB/s/core |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let scenarios = [
+        Scenario {
+            name: "1 MiB frames",
+            records: 3_300,
+            connections: 16,
+        },
+        Scenario {
+            name: "10-record frames",
+            records: 10,
+            connections: 16,
+        },
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for s in &scenarios {
+        let templates: Vec<Frame> = WORKSPACES
+            .iter()
+            .map(|w| template(w.parse().expect("a workspace id"), s.records))
+            .collect();
+        let decode = decode_alone(&templates[0], Duration::from_secs(2));
+        let cpu0 = cpu_seconds(pid)?;
+        let started = Instant::now();
+        let result = rt.block_on(run(
+            addr,
+            &service_ca,
+            &agents,
+            &templates,
+            s.connections,
+            Duration::from_secs(args.seconds),
+        ))?;
+        let wall = started.elapsed().as_secs_f64();
+        let cores = (cpu_seconds(pid)? - cpu0) / wall;
+        let content = f64::from(templates[0].header().content_len);
+        let records = f64::from(templates[0].header().record_count);
+        let fps = result.frames as f64 / wall;
+        let mbps = fps * content / 1e6;
+        let mut lat = result.latencies;
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} |",
+            s.name,
+            s.connections,
+            WORKSPACES.len(),
+            fps,
+            fps * records,
+            mbps,
+            cores,
+            if cores > 0.0 { mbps / cores / decode } else { 0.0 },
+            pct(0.5),
+            pct(0.99),
+            decode,
+        );
+        if result.errors > 0 {
+            println!("  ({} requests failed or not delivered)", result.errors);
+        }
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    Ok(())
+}
+
+fn read_addr(child: &mut Child) -> Result<SocketAddr, Box<dyn Error>> {
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    Ok(line
+        .strip_prefix("ADDR ")
+        .ok_or("the service did not start")?
+        .trim()
+        .parse()?)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn Error>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f[11].parse()?, f[12].parse()?);
+    // USER_HZ is 100 on Linux.
+    Ok((utime + stime) / 100.0)
+}
+
+/// A frame of `records` Performance records (~330 bytes of JSON each).
+fn template(t: TenantId, records: usize) -> Frame {
+    let now = Utc::now();
+    let recs = (0..records).map(|i| {
+        Tagged::new(
+            t,
+            Record::Performance(Performance {
+                object_name: "Processor".into(),
+                counter_name: "% Processor Time".into(),
+                perfmon_instance_name: format!("_Total-{i}"),
+                performance_data_id: Uuid::new_v4(),
+                performance_source_internal_id: i32::try_from(i).unwrap_or(i32::MAX),
+                sample_value: i as f64 * 0.37,
+                time_sampled: now,
+                time_added: now,
+            }),
+        )
+    });
+    let batch = TenantBatch::from_records(t, DataType::Performance, recs).expect("a batch");
+    FrameEncoder::new()
+        .encode_frame(&batch, BatchId::from_random_bytes(*Uuid::new_v4().as_bytes()), now)
+        .expect("a frame")
+}
+
+/// `frame` under a fresh batch id: the header re-encoded, its CRC
+/// recomputed, the body as it is.
+fn restamp(frame: &Frame) -> Bytes {
+    let mut h: FrameHeader = *frame.header();
+    h.batch_id = BatchId::from_random_bytes(*Uuid::new_v4().as_bytes());
+    let head = h.encode();
+    let mut b = frame.as_bytes().to_vec();
+    b[..FIXED_HEADER_LEN].copy_from_slice(&head);
+    b[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4].copy_from_slice(&crc32fast::hash(&head).to_be_bytes());
+    Bytes::from(b)
+}
+
+/// Payload MB/s that one thread decodes, validates: the service's CPU work
+/// without TLS, HTTP, sealing or storage.
+fn decode_alone(frame: &Frame, for_at_least: Duration) -> f64 {
+    let limits = FrameLimits::default();
+    let record_limits = RecordLimits::default();
+    let mut reader = PayloadReader::new(limits);
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < for_at_least {
+        let mut d = FrameDecoder::new(limits);
+        d.push(frame.as_bytes());
+        let Ok(opsdata::Decoded::Frame(f)) = d.poll_frame() else {
+            panic!("the template decodes");
+        };
+        let records = reader.records(&f).expect("records");
+        for r in records.iter() {
+            r.validate(&record_limits).expect("valid");
+        }
+        n += 1;
+    }
+    n as f64 * f64::from(frame.header().content_len) / started.elapsed().as_secs_f64() / 1e6
+}
+
+struct RunResult {
+    frames: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+}
+
+async fn run(
+    addr: SocketAddr,
+    service_ca: &pki::Ca,
+    agents: &[pki::Issued],
+    templates: &[Frame],
+    connections: usize,
+    duration: Duration,
+) -> Result<RunResult, Box<dyn Error>> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        let tenant = c % agents.len();
+        let config = client_config(service_ca, &agents[tenant])?;
+        let template = templates[tenant].clone();
+        tasks.spawn(async move {
+            let mut res = RunResult {
+                frames: 0,
+                errors: 0,
+                latencies: Vec::new(),
+            };
+            let Ok(mut send) = connect(addr, config).await else {
+                res.errors += 1;
+                return res;
+            };
+            while Instant::now() < deadline {
+                let body = restamp(&template);
+                let req = hyper::Request::post(opsdata_io::FRAMES_PATH)
+                    .header("content-type", opsdata_io::FRAMES_CONTENT_TYPE)
+                    .body(Full::new(body))
+                    .expect("a request");
+                let t = Instant::now();
+                let ok = async {
+                    send.ready().await.ok()?;
+                    let r = send.send_request(req).await.ok()?;
+                    let status = r.status();
+                    let body = r.into_body().collect().await.ok()?.to_bytes();
+                    (status == 200 && body.get(5) == Some(&0)).then_some(())
+                }
+                .await;
+                res.latencies.push(t.elapsed());
+                match ok {
+                    Some(()) => res.frames += 1,
+                    None => res.errors += 1,
+                }
+            }
+            res
+        });
+    }
+    let mut all = RunResult {
+        frames: 0,
+        errors: 0,
+        latencies: Vec::new(),
+    };
+    while let Some(r) = tasks.join_next().await {
+        let r = r?;
+        all.frames += r.frames;
+        all.errors += r.errors;
+        all.latencies.extend(r.latencies);
+    }
+    Ok(all)
+}
+
+fn client_config(
+    ca: &pki::Ca,
+    agent: &pki::Issued,
+) -> Result<Arc<rustls::ClientConfig>, Box<dyn Error>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![agent.der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(agent.key_der.clone())),
+    )?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+async fn connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Box<dyn Error + Send + Sync>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
