@@ -64,7 +64,7 @@ pub enum TlsError {
     Io(#[from] io::Error),
     /// Provisioning key rings was asked for without a key store to keep
     /// them in: what they seal could not be opened after a restart.
-    #[error("provisioning key rings needs a key store (IngestService::with_key_store)")]
+    #[error("provisioning key rings needs a key store (ServiceBuilder::key_store)")]
     NoKeyStore,
 }
 
