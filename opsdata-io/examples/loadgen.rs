@@ -51,7 +51,9 @@ use uuid::Uuid;
 
 /// End-to-end benchmark of the HTTPS ingest service.
 #[derive(Debug, Parser)]
-#[command(about = "End-to-end benchmark of the HTTPS ingest service (loopback, durable local store).")]
+#[command(
+    about = "End-to-end benchmark of the HTTPS ingest service (loopback, durable local store)."
+)]
 struct Args {
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -109,7 +111,11 @@ fn serve(dir: &Path) -> Result<(), Box<dyn Error>> {
         // Serve until the benchmark closes our stdin.
         let stop = tokio::task::spawn_blocking(|| {
             let mut s = String::new();
-            while std::io::stdin().read_line(&mut s).map(|n| n > 0).unwrap_or(false) {}
+            while std::io::stdin()
+                .read_line(&mut s)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {}
         });
         opsdata_io::serve(listener, service, ServeConfig::new(identity, ca), async {
             let _ = stop.await;
@@ -207,7 +213,11 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
             fps * records,
             mbps,
             cores,
-            if cores > 0.0 { mbps / cores / decode } else { 0.0 },
+            if cores > 0.0 {
+                mbps / cores / decode
+            } else {
+                0.0
+            },
             pct(0.5),
             pct(0.99),
             decode,
@@ -263,7 +273,11 @@ fn template(t: TenantId, records: usize) -> Frame {
     });
     let batch = TenantBatch::from_records(t, DataType::Performance, recs).expect("a batch");
     FrameEncoder::new()
-        .encode_frame(&batch, BatchId::from_random_bytes(*Uuid::new_v4().as_bytes()), now)
+        .encode_frame(
+            &batch,
+            BatchId::from_random_bytes(*Uuid::new_v4().as_bytes()),
+            now,
+        )
         .expect("a frame")
 }
 
@@ -275,7 +289,8 @@ fn restamp(frame: &Frame) -> Bytes {
     let head = h.encode();
     let mut b = frame.as_bytes().to_vec();
     b[..FIXED_HEADER_LEN].copy_from_slice(&head);
-    b[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4].copy_from_slice(&crc32fast::hash(&head).to_be_bytes());
+    b[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4]
+        .copy_from_slice(&crc32fast::hash(&head).to_be_bytes());
     Bytes::from(b)
 }
 

@@ -1,11 +1,11 @@
 //! [`LocalDirBlobs`]: a durable local-directory blob store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use bytes::Bytes;
 use opsdata::{Frame, FrameLimits, ObjectKey, TenantId};
@@ -20,6 +20,11 @@ use super::{
 /// directory is made, its parent) before returning. A crash leaves either
 /// the old object or the new one, never a torn one; temporary files left
 /// by a crash start with `.` and are never listed.
+///
+/// Concurrent puts into one tenant's directory share directory syncs: a
+/// put returns once a sync of the directory that started after its rename
+/// has succeeded (group commit), so many small frames do not cost one
+/// directory sync each.
 ///
 /// Layout (as [`ObjectStoreBlobs`](crate::ObjectStoreBlobs) on a local
 /// filesystem): `<dir>/<tenant>/<batch>`, canonical UUID texts.
@@ -40,6 +45,62 @@ struct Inner {
     made: Mutex<HashSet<TenantId>>,
     /// Makes temporary names unique within the process.
     next_tmp: AtomicU64,
+    /// One directory sync per tenant directory serves every rename made
+    /// before it started (group commit).
+    dir_syncs: Mutex<HashMap<TenantId, Arc<DirSync>>>,
+}
+
+/// Coalesces directory syncs: a put whose rename happened before a sync
+/// started is covered by that sync; puts arriving while one runs share the
+/// next one.
+#[derive(Debug, Default)]
+struct DirSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Renames done (each put takes the next number after its rename).
+    requested: u64,
+    /// Every rename numbered up to this is durable.
+    completed: u64,
+    /// A sync is running.
+    syncing: bool,
+}
+
+impl DirSync {
+    /// Returns once a sync of `dir` that started after this call's rename
+    /// (made before the call) has succeeded.
+    fn sync_after_rename(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.requested += 1;
+        let mine = st.requested;
+        loop {
+            if st.completed >= mine {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Every rename numbered up to `target` happened before this
+            // sync starts, so it covers them.
+            let target = st.requested;
+            st.syncing = true;
+            drop(st);
+            let r = sync_dir(dir);
+            st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.syncing = false;
+            if r.is_ok() {
+                st.completed = st.completed.max(target);
+            }
+            self.done.notify_all();
+            // A failed sync fails the put that ran it; the others waiting
+            // try again themselves.
+            r?;
+        }
+    }
 }
 
 fn io_err(op: BlobOp) -> impl FnOnce(io::Error) -> BlobError {
@@ -73,6 +134,7 @@ impl LocalDirBlobs {
                 limits: FrameLimits::default(),
                 made: Mutex::new(HashSet::new()),
                 next_tmp: AtomicU64::new(0),
+                dir_syncs: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -85,6 +147,7 @@ impl LocalDirBlobs {
             limits,
             made: Mutex::new(HashSet::new()),
             next_tmp: AtomicU64::new(0),
+            dir_syncs: Mutex::new(HashMap::new()),
         };
         LocalDirBlobs {
             inner: Arc::new(inner),
@@ -148,13 +211,23 @@ impl LocalDirBlobs {
         let n = self.inner.next_tmp.fetch_add(1, Ordering::Relaxed);
         let name = object.batch_id().as_uuid().hyphenated().to_string();
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        let syncer = Arc::clone(
+            self.inner
+                .dir_syncs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(tenant)
+                .or_default(),
+        );
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(bytes)?;
-            f.sync_all()?;
+            // The data and the length (fdatasync covers the size of a
+            // file written for the first time).
+            f.sync_data()?;
             drop(f);
             fs::rename(&tmp, dir.join(&name))?;
-            sync_dir(&dir)
+            syncer.sync_after_rename(&dir)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
