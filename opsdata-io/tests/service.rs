@@ -660,3 +660,48 @@ async fn over_the_connection_limit_new_connections_are_closed() {
     drop(c2);
     run.shutdown().await;
 }
+
+/// A host that serves the router with its own stack inserts only the
+/// peer's certificates: the handler authenticates each request against the
+/// enrollment CA on the service clock (here called in process, no TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_given_only_peer_certificates_authenticates_each_request() {
+    use tower::ServiceExt;
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = IngestService::builder(TestStore::default())
+        .clock(clock.clock())
+        .key_store(SharedKeys::default(), wrapping_key())
+        .provisioning(opsdata::RotationPolicy::default())
+        .enrollment_ca(&[pki.enrollment.der.clone()])
+        .unwrap()
+        .build()
+        .unwrap();
+    let a = tenant(WS_A);
+    let agent = pki.agent(WS_A);
+    let rogue_ca = pki::ca("rogue CA", pki.now).unwrap();
+    let rogue = pki::agent(&rogue_ca, WS_A, &uuid::Uuid::new_v4().to_string(), pki.now).unwrap();
+    let request = |certs: Option<&pki::Issued>| {
+        let mut req = axum::http::Request::post(opsdata_io::FRAMES_PATH)
+            .header("content-type", opsdata_io::FRAMES_CONTENT_TYPE)
+            .body(axum::body::Body::from(body(&[frame(a, 1)])))
+            .unwrap();
+        if let Some(c) = certs {
+            req.extensions_mut()
+                .insert(opsdata_io::PeerCertificates(Arc::new(vec![c.der.clone()])));
+        }
+        req
+    };
+    let status = |r: axum::response::Response| r.status();
+    let r = svc.router().oneshot(request(Some(&agent))).await.unwrap();
+    assert_eq!(status(r), StatusCode::OK);
+    for certs in [None, Some(&rogue)] {
+        let r = svc.router().oneshot(request(certs)).await.unwrap();
+        assert_eq!(status(r), StatusCode::UNAUTHORIZED);
+    }
+    // Expired on the service's clock.
+    clock.set(pki.now + Duration::days(400));
+    let r = svc.router().oneshot(request(Some(&agent))).await.unwrap();
+    assert_eq!(status(r), StatusCode::UNAUTHORIZED);
+    assert_eq!(stored(&svc, a), 1);
+}
