@@ -673,7 +673,7 @@ async fn a_router_given_only_peer_certificates_authenticates_each_request() {
         .clock(clock.clock())
         .key_store(SharedKeys::default(), wrapping_key())
         .provisioning(opsdata::RotationPolicy::default())
-        .enrollment_ca(&[pki.enrollment.der.clone()])
+        .enrollment_ca(std::slice::from_ref(&pki.enrollment.der))
         .unwrap()
         .build()
         .unwrap();
