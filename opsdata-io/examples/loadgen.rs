@@ -63,6 +63,10 @@ struct Args {
     /// Working directory (certificates, the service's blobs; emptied first).
     #[arg(long, default_value = "/tmp/opsdata-loadgen")]
     dir: PathBuf,
+    /// Store blobs in memory instead of the durable local directory (to
+    /// see what storage costs; acks are then not durable).
+    #[arg(long)]
+    memory: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +76,9 @@ enum Mode {
     Serve {
         /// The working directory the benchmark made.
         dir: PathBuf,
+        /// Blobs in memory.
+        #[arg(long)]
+        memory: bool,
     },
 }
 
@@ -85,18 +92,23 @@ const WORKSPACES: [&str; 4] = [
 fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     match args.mode {
-        Some(Mode::Serve { dir }) => serve(&dir),
+        Some(Mode::Serve { dir, memory }) => {
+            if memory {
+                serve(&dir, opsdata_io::MemoryBlobs::new())
+            } else {
+                serve(&dir, LocalDirBlobs::new(dir.join("blobs"))?)
+            }
+        }
         None => bench(&args),
     }
 }
 
-fn serve(dir: &Path) -> Result<(), Box<dyn Error>> {
+fn serve<B: opsdata_io::AsyncBlobStore>(dir: &Path, store: B) -> Result<(), Box<dyn Error>> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let identity =
             TlsIdentity::from_pem_files(&dir.join("service.pem"), &dir.join("service.key"))?;
         let ca = load_certificates(&dir.join("enrollment-ca.pem"))?;
-        let store = LocalDirBlobs::new(dir.join("blobs"))?;
         let service = IngestService::builder(store)
             .limits(ServiceLimits::default())
             .key_store(
@@ -147,15 +159,23 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
         .map(|w| pki::agent(&enrollment, w, &Uuid::new_v4().to_string(), now))
         .collect::<Result<_, _>>()?;
 
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("serve").arg(dir);
+    if args.memory {
+        cmd.arg("--memory");
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     let addr = read_addr(&mut child)?;
     let pid = child.id();
 
+    println!(
+        "blobs: {}",
+        if args.memory {
+            "in memory (not durable)"
+        } else {
+            "LocalDirBlobs (durable)"
+        }
+    );
     println!(
         "| scenario | conns | tenants | frames/s | records/s | payload MB/s | service cores | of decode alone per core | p50 ms | p99 ms | decode alone MB/s/core |"
     );
