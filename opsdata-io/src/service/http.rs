@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opsdata::{AuthError, CertificateInfo, EnrollmentCa, Principal};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::IngestService;
 use super::ingest::ReplyKind;
@@ -273,10 +273,10 @@ async fn frames<B: AsyncBlobStore>(State(svc): State<IngestService<B>>, req: Req
             ReplyKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         svc.count(status);
-        debug!(
+        info!(
             status = status.as_u16(),
-            frames = reply.acks.len(),
-            "answered"
+            acks = reply.acks.len(),
+            "frames request answered"
         );
         let mut out = Vec::with_capacity(reply.acks.len() * ACK_LEN);
         for a in &reply.acks {
