@@ -449,6 +449,35 @@ async fn a_failing_store_is_503_and_the_retry_stores_every_frame() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_panics_fails_its_frames_and_the_retry_stores_them() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let svc = build(
+        TestStore::default(),
+        &clock,
+        limits(),
+        SharedKeys::default(),
+    );
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    let frames: Vec<_> = (0..2).map(|_| frame(a, 2)).collect();
+    svc.store().panicking.store(true, Ordering::SeqCst);
+    let r = c.post(body(&frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(acks_all(&r.body, Outcome::Transient));
+    // Not left marked in flight, not remembered as stored.
+    svc.store().panicking.store(false, Ordering::SeqCst);
+    let r = c.post(body(&frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(acks_all(&r.body, Outcome::Delivered));
+    assert_eq!(stored(&svc, a), 2);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_requests_in_flight() {
     let pki = Pki::new();
     let clock = FakeClock::new(pki.now);

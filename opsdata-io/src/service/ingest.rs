@@ -141,24 +141,40 @@ impl<B: AsyncBlobStore> IngestService<B> {
             };
         };
         let m = &self.inner.metrics;
-        let store = &self.inner.store;
-        // Every sealed frame is stored at once, concurrently.
-        let results = join_all(fates.iter().map(|f| async move {
-            let Fate::Store(op) = &f.fate else {
-                return None;
+        // Every sealed frame is stored at once, concurrently, each put in a
+        // task of its own: a store that panics fails its frame like one
+        // that errs (the batch is handed back to ingest below, never left
+        // marked in flight).
+        let results = join_all(fates.iter().map(|f| {
+            let op = match &f.fate {
+                Fate::Store(op) => Some(op.clone()),
+                Fate::Answer { .. } => None,
             };
-            let StoreOp::Put {
-                tenant,
-                object,
-                frame,
-            } = op
-            else {
-                return Some(Err("an unknown store operation".to_owned()));
-            };
-            let started = Instant::now();
-            let r = store.put(*tenant, *object, frame).await;
-            m.store_seconds.observe(started.elapsed().as_secs_f64());
-            Some(r.map_err(|e| e.to_string()))
+            let svc = self.clone();
+            async move {
+                let op = op?;
+                let put = tokio::spawn(async move {
+                    let StoreOp::Put {
+                        tenant,
+                        object,
+                        frame,
+                    } = &op
+                    else {
+                        return Err("an unknown store operation".to_owned());
+                    };
+                    let started = Instant::now();
+                    let r = svc.inner.store.put(*tenant, *object, frame).await;
+                    svc.inner
+                        .metrics
+                        .store_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    r.map_err(|e| e.to_string())
+                });
+                Some(match put.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("the blob store failed: {e}")),
+                })
+            }
         }))
         .await;
         let tenant = principal.tenant();

@@ -199,6 +199,7 @@ pub fn wrapping_key() -> WrappingKey {
 pub struct TestStore {
     pub inner: MemoryBlobs,
     pub failing: AtomicBool,
+    pub panicking: AtomicBool,
     pub gate: Option<Gate>,
 }
 
@@ -240,6 +241,9 @@ impl AsyncBlobStore for TestStore {
             if !g.open.load(Ordering::SeqCst) {
                 opened.await;
             }
+        }
+        if self.panicking.load(Ordering::SeqCst) {
+            panic!("the test store panics");
         }
         if self.failing.load(Ordering::SeqCst) {
             return Err(BlobError::Io {
