@@ -734,3 +734,36 @@ async fn a_router_given_only_peer_certificates_authenticates_each_request() {
     assert_eq!(status(r), StatusCode::UNAUTHORIZED);
     assert_eq!(stored(&svc, a), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_shut_down() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let limits = ServiceLimits::default()
+        .with_idle_timeout(StdDuration::from_secs(1))
+        .unwrap();
+    let svc = build(TestStore::default(), &clock, limits, SharedKeys::default());
+    let run = start(&svc, &pki).await;
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    let r = c.post(body(&[frame(tenant(WS_A), 1)])).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // Quiet from now on: the service closes it (GOAWAY).
+    let closed = tokio::time::timeout(GUARD, async {
+        while !c.is_closed() {
+            tokio::time::sleep(StdDuration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was kept");
+    // And the service counts it closed (its task ends just after).
+    let counted = tokio::time::timeout(GUARD, async {
+        while metric(&svc.metrics_text(), "opsdata_connections_open") != 0.0 {
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok());
+    run.shutdown().await;
+}

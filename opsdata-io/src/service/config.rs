@@ -13,6 +13,7 @@ pub struct ServiceLimits {
     pub(crate) max_body_bytes: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     pub(crate) body_timeout: Duration,
     pub(crate) retry_after: Duration,
     pub(crate) key_reservation_block: u64,
@@ -21,8 +22,9 @@ pub struct ServiceLimits {
 impl Default for ServiceLimits {
     /// 1024 connections, 256 frame requests at once, 32 MiB bodies, 10 s
     /// for the TLS handshake, 10 s for a request's head (and for an idle
-    /// HTTP/1.1 connection's next one), 60 s for its body, `Retry-After:
-    /// 1`, key usage reserved 65 536 seals at a time.
+    /// HTTP/1.1 connection's next one), 60 s for its body, 5 minutes for a
+    /// connection (HTTP/2 included) with no bytes read and no request in
+    /// flight, `Retry-After: 1`, key usage reserved 65 536 seals at a time.
     fn default() -> Self {
         ServiceLimits {
             max_connections: 1024,
@@ -30,6 +32,7 @@ impl Default for ServiceLimits {
             max_body_bytes: 32 << 20,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             body_timeout: Duration::from_secs(60),
             retry_after: Duration::from_secs(1),
             key_reservation_block: 65_536,
@@ -96,6 +99,19 @@ impl ServiceLimits {
     /// [`TlsError::Timeout`] if zero or over an hour.
     pub fn with_header_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
         self.header_timeout = timeout("header timeout", d)?;
+        Ok(self)
+    }
+
+    /// How long a connection may go without reading a byte while no
+    /// request is in flight before it is shut down gracefully (HTTP/2
+    /// `GOAWAY`): kept connections of agents that went quiet, and clients
+    /// that connect and send nothing, do not hold a slot for ever.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Timeout`] if zero or over an hour.
+    pub fn with_idle_timeout(mut self, d: Duration) -> Result<Self, TlsError> {
+        self.idle_timeout = timeout("idle timeout", d)?;
         Ok(self)
     }
 

@@ -235,17 +235,37 @@ impl<B: AsyncBlobStore> Connection<B> {
         let close = auth.close_signal();
         let certs = PeerCertificates(Arc::new(chain));
         let app = self.app.clone();
+        let activity = Activity::new();
+        let busy = activity.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(auth.clone());
             req.extensions_mut().insert(certs.clone());
-            app.clone().oneshot(req)
+            let app = app.clone();
+            let busy = busy.clone();
+            async move {
+                let _request = busy.request();
+                app.oneshot(req).await
+            }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(tls), svc);
+        let io = Watched {
+            io: tls,
+            activity: activity.clone(),
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let mut closing = false;
+        let idle = limits.idle_timeout;
+        let mut tick = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(10)));
         loop {
             tokio::select! {
+                _ = tick.tick(), if !closing => {
+                    if activity.idle_for() >= idle {
+                        debug!(%peer, "idle connection shut down");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         debug!(%peer, error = %e, "connection ended");
@@ -271,5 +291,123 @@ struct Open<B>(IngestService<B>);
 impl<B> Drop for Open<B> {
     fn drop(&mut self) {
         self.0.inner.metrics.connections_open.dec();
+    }
+}
+
+/// When a connection last read a byte, and how many requests it has in
+/// flight.
+#[derive(Clone)]
+struct Activity(Arc<ActivityInner>);
+
+struct ActivityInner {
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last read.
+    last_read: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity(Arc::new(ActivityInner {
+            start: std::time::Instant::now(),
+            last_read: std::sync::atomic::AtomicU64::new(0),
+            requests: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    fn read(&self) {
+        let ms = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0
+            .last_read
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last read, zero while a request is in flight.
+    fn idle_for(&self) -> std::time::Duration {
+        if self.0.requests.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let last = self.0.last_read.load(std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .start
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+
+    fn request(&self) -> RequestGuard {
+        self.0
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RequestGuard(self.clone())
+    }
+}
+
+/// A request in flight on a connection; counted down when dropped.
+struct RequestGuard(Activity);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.read();
+        self.0
+            .0
+            .requests
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A stream that records when it last read a byte.
+struct Watched<T> {
+    io: T,
+    activity: Activity,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -384,6 +384,14 @@ impl Client {
         })
     }
 
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Client::H1(s) => s.is_closed(),
+            Client::H2(s) => s.is_closed(),
+        }
+    }
+
     pub async fn post(&mut self, body: Bytes) -> Result<Answer, hyper::Error> {
         let req = hyper::Request::post(opsdata_io::FRAMES_PATH)
             .header("host", "localhost")
