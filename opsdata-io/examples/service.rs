@@ -71,6 +71,10 @@ struct Args {
     /// Seconds a request's body may take.
     #[arg(long, default_value_t = 60)]
     body_timeout: u64,
+    /// Seconds a connection may stay quiet (no request in flight) before
+    /// it is shut down.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
     /// Azure storage account (with --azure-container and --azure-key:
     /// store there instead of `<dir>/blobs`).
     #[arg(long, env = "OPSDATA_AZURE_ACCOUNT")]
@@ -104,7 +108,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .with_max_connections(args.max_connections)?
         .with_max_concurrent_requests(args.max_concurrent_requests)?
         .with_header_timeout(Duration::from_secs(args.header_timeout))?
-        .with_body_timeout(Duration::from_secs(args.body_timeout))?;
+        .with_body_timeout(Duration::from_secs(args.body_timeout))?
+        .with_idle_timeout(Duration::from_secs(args.idle_timeout))?;
     let listener = tokio::net::TcpListener::bind(&args.addr).await?;
     let tls = ServeConfig::new(identity, enrollment_ca);
     let shutdown = shutdown_signal();
