@@ -12,8 +12,13 @@
 //! the payload MB/s per service core as a fraction of decoding alone per
 //! core, and request latency p50 / p99.
 //!
+//! The last two scenarios go through a small TCP proxy on loopback that
+//! delays every chunk by 25 ms each way (a 50 ms round trip): one HTTP/2
+//! connection with one request in flight, then with four (what an agent
+//! with `max_in_flight` 4 may do on one connection).
+//!
 //! ```text
-//! cargo run --release -p opsdata-io --example loadgen -- [--seconds 10] [--dir /tmp/opsdata-loadgen]
+//! cargo run --release -p opsdata-io --example loadgen -- [--seconds 10] [--dir /tmp/opsdata-loadgen] [--memory]
 //! ```
 //!
 //! Linux only (it reads `/proc`).
@@ -141,6 +146,10 @@ struct Scenario {
     name: &'static str,
     records: usize,
     connections: usize,
+    /// Requests in flight per connection (HTTP/2 streams).
+    in_flight: usize,
+    /// Through the delaying proxy (50 ms round trip).
+    proxied: bool,
 }
 
 fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
@@ -185,17 +194,36 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
             name: "1 MiB frames",
             records: 3_300,
             connections: 16,
+            in_flight: 1,
+            proxied: false,
         },
         Scenario {
             name: "10-record frames",
             records: 10,
             connections: 16,
+            in_flight: 1,
+            proxied: false,
+        },
+        Scenario {
+            name: "10-record frames, 50 ms RTT proxy, 1 in flight",
+            records: 10,
+            connections: 1,
+            in_flight: 1,
+            proxied: true,
+        },
+        Scenario {
+            name: "10-record frames, 50 ms RTT proxy, 4 in flight",
+            records: 10,
+            connections: 1,
+            in_flight: 4,
+            proxied: true,
         },
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let proxy = rt.block_on(delaying_proxy(addr, Duration::from_millis(25)))?;
     for s in &scenarios {
         let templates: Vec<Frame> = WORKSPACES
             .iter()
@@ -205,11 +233,11 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
         let cpu0 = cpu_seconds(pid)?;
         let started = Instant::now();
         let result = rt.block_on(run(
-            addr,
+            if s.proxied { proxy } else { addr },
             &service_ca,
             &agents,
             &templates,
-            s.connections,
+            (s.connections, s.in_flight),
             Duration::from_secs(args.seconds),
         ))?;
         let wall = started.elapsed().as_secs_f64();
@@ -228,7 +256,7 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
             "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} |",
             s.name,
             s.connections,
-            WORKSPACES.len(),
+            WORKSPACES.len().min(s.connections),
             fps,
             fps * records,
             mbps,
@@ -348,7 +376,7 @@ async fn run(
     service_ca: &pki::Ca,
     agents: &[pki::Issued],
     templates: &[Frame],
-    connections: usize,
+    (connections, in_flight): (usize, usize),
     duration: Duration,
 ) -> Result<RunResult, Box<dyn Error>> {
     let deadline = Instant::now() + duration;
@@ -356,40 +384,42 @@ async fn run(
     for c in 0..connections {
         let tenant = c % agents.len();
         let config = client_config(service_ca, &agents[tenant])?;
-        let template = templates[tenant].clone();
-        tasks.spawn(async move {
-            let mut res = RunResult {
-                frames: 0,
-                errors: 0,
-                latencies: Vec::new(),
-            };
-            let Ok(mut send) = connect(addr, config).await else {
-                res.errors += 1;
-                return res;
-            };
-            while Instant::now() < deadline {
-                let body = restamp(&template);
-                let req = hyper::Request::post(opsdata_io::FRAMES_PATH)
-                    .header("content-type", opsdata_io::FRAMES_CONTENT_TYPE)
-                    .body(Full::new(body))
-                    .expect("a request");
-                let t = Instant::now();
-                let ok = async {
-                    send.ready().await.ok()?;
-                    let r = send.send_request(req).await.ok()?;
-                    let status = r.status();
-                    let body = r.into_body().collect().await.ok()?.to_bytes();
-                    (status == 200 && body.get(5) == Some(&0)).then_some(())
+        let send = connect(addr, config)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        for _ in 0..in_flight {
+            let template = templates[tenant].clone();
+            let mut send = send.clone();
+            tasks.spawn(async move {
+                let mut res = RunResult {
+                    frames: 0,
+                    errors: 0,
+                    latencies: Vec::new(),
+                };
+                while Instant::now() < deadline {
+                    let body = restamp(&template);
+                    let req = hyper::Request::post(opsdata_io::FRAMES_PATH)
+                        .header("content-type", opsdata_io::FRAMES_CONTENT_TYPE)
+                        .body(Full::new(body))
+                        .expect("a request");
+                    let t = Instant::now();
+                    let ok = async {
+                        send.ready().await.ok()?;
+                        let r = send.send_request(req).await.ok()?;
+                        let status = r.status();
+                        let body = r.into_body().collect().await.ok()?.to_bytes();
+                        (status == 200 && body.get(5) == Some(&0)).then_some(())
+                    }
+                    .await;
+                    res.latencies.push(t.elapsed());
+                    match ok {
+                        Some(()) => res.frames += 1,
+                        None => res.errors += 1,
+                    }
                 }
-                .await;
-                res.latencies.push(t.elapsed());
-                match ok {
-                    Some(()) => res.frames += 1,
-                    None => res.errors += 1,
-                }
-            }
-            res
-        });
+                res
+            });
+        }
     }
     let mut all = RunResult {
         frames: 0,
@@ -437,4 +467,64 @@ async fn connect(
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     Ok(send)
+}
+
+/// A TCP proxy on loopback that delays every chunk by `one_way` in each
+/// direction (so a round trip takes twice that), keeping order; returns
+/// its address.
+async fn delaying_proxy(
+    upstream: SocketAddr,
+    one_way: Duration,
+) -> Result<SocketAddr, Box<dyn Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, one_way));
+                tokio::spawn(pump(ur, dw, one_way));
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let at = tokio::time::Instant::now() + delay;
+                if tx.send((at, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }
