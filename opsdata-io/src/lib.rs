@@ -57,11 +57,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod agent;
 mod blobs;
 mod spool;
 mod tls;
 mod wire;
 
+pub use agent::{
+    AgentEvent, AgentHandle, AgentSettings, AgentStatus, AsyncAgent, AsyncTransport, DriverError,
+    EventJournal, HttpsSettings, HttpsTransport, HttpsTransportStats, IdentitySource, PemIdentity,
+    system_clock,
+};
 #[cfg(feature = "azure")]
 pub use blobs::AzureBlobConfig;
 pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};

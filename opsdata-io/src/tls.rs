@@ -254,7 +254,7 @@ impl TlsIdentity {
 
     /// The chain and a copy of the key, for rustls, which parses the key
     /// into its own signing key; the copy is not wiped by us.
-    fn parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub(crate) fn parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.chain.clone(), self.key.clone_key())
     }
 }
