@@ -128,6 +128,16 @@ pub struct State {
 
 impl State {
     pub fn new(pki: &Pki, limits: FrameLimits) -> Arc<State> {
+        Self::rejecting(pki, limits, |_| false)
+    }
+
+    /// A state whose server answers `Rejected` to the batches `reject`
+    /// names, without ingesting them.
+    pub fn rejecting(
+        pki: &Pki,
+        limits: FrameLimits,
+        reject: impl Fn(BatchId) -> bool + Send + Sync + 'static,
+    ) -> Arc<State> {
         Arc::new(State {
             store: Mutex::new(Store {
                 ingest: Ingest::new(IngestConfig::default().with_limits(limits)),
@@ -138,7 +148,7 @@ impl State {
             ca: EnrollmentCa::new(std::slice::from_ref(&pki.enrollment.der)).unwrap(),
             mode: Mutex::new(Mode::Ingest),
             gate: Mutex::new(None),
-            reject: Box::new(|_| false),
+            reject: Box::new(reject),
             now: Box::new(|| DateTime::<Utc>::from(std::time::SystemTime::now())),
             max_body: opsdata::FIXED_HEADER_LEN
                 + 4096
