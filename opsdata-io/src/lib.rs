@@ -5,6 +5,12 @@
 //!   frames and removal markers, `docs/SPOOL.md`).
 //! - [`TlsTransport`]: an [`opsdata::Transport`] over mutual TLS (rustls),
 //!   speaking the wire protocol of `docs/WIRE.md`.
+//! - [`AsyncAgent`]: the agent on tokio, the core's `Outbox` driven by one
+//!   task (spool operations in order before each transmit, up to
+//!   `max_in_flight` requests per tenant at once, timers from
+//!   `poll_timeout`), sending through [`HttpsTransport`] (HTTPS wire v2:
+//!   `POST /v1/frames` over mutual TLS, one HTTP/2 connection) or any
+//!   [`AsyncTransport`].
 //! - [`ObjectStoreBlobs`]: an [`opsdata::BlobStore`] over `object_store`
 //!   (Azure Blob, S3, GCS, local filesystem), each tenant under its own
 //!   prefix.

@@ -304,12 +304,51 @@ impl AgentHandle {
 /// or is still in the spool for the next start to recover. Stop it with
 /// [`shutdown`](AsyncAgent::shutdown): it takes no more frames, starts no
 /// more requests, waits for those in flight and applies what they decided,
-/// and hands the spool back.
+/// and hands the spool back. Dropping the agent and every [`AgentHandle`]
+/// stops the driver the same way (the spool is then dropped with it).
+///
+/// ```
+/// use opsdata::*;
+/// use opsdata_io::{AgentEvent, AgentSettings, AsyncAgent, AsyncTransport};
+/// # use chrono::{TimeZone, Utc};
+///
+/// /// A service that takes everything (tests use fakes like this one;
+/// /// `HttpsTransport` is the real one).
+/// struct Accepting;
+/// impl AsyncTransport for Accepting {
+///     async fn send(&self, _: &Transmit) -> Outcome {
+///         Outcome::Delivered
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+/// # let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse()?;
+/// let settings = AgentSettings::new(DeliveryPolicy::default(), 42);
+/// let (mut agent, _recovered) =
+///     AsyncAgent::start(settings, Accepting, MemorySpool::new()).await?;
+/// let frame = FrameEncoder::new().encode_frame(
+///     &TenantBatch::new(tenant, DataType::Alert),
+///     BatchId::from_random_bytes([1; 16]),
+///     now,
+/// )?;
+/// agent.push(frame).await?; // returns once the frame is in the spool
+/// let Some(AgentEvent::Delivery(DeliveryEvent::Delivered { .. })) = agent.next_event().await
+/// else {
+///     panic!("delivered");
+/// };
+/// let spool = agent.shutdown().await?;
+/// assert!(spool.is_empty());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct AsyncAgent<S> {
     handle: AgentHandle,
     events: mpsc::UnboundedReceiver<AgentEvent>,
-    task: tokio::task::JoinHandle<Result<S, DriverError>>,
+    /// `None` once `shutdown` has taken its result.
+    task: Option<tokio::task::JoinHandle<Result<S, DriverError>>>,
 }
 
 impl<S> AsyncAgent<S>
@@ -406,7 +445,7 @@ where
             AsyncAgent {
                 handle: AgentHandle { commands },
                 events,
-                task,
+                task: Some(task),
             },
             report,
         ))
@@ -459,11 +498,13 @@ impl<S> AsyncAgent<S> {
     ///
     /// [`DriverError::Spool`] or [`DriverError::Journal`] if the last
     /// writes failed (what they did not apply is recovered from the spool
-    /// at the next start); [`DriverError::Task`] if the driver panicked.
+    /// at the next start); [`DriverError::Task`] if the driver panicked;
+    /// [`DriverError::Stopped`] if `shutdown` already returned.
     pub async fn shutdown(&mut self) -> Result<S, DriverError> {
+        let task = self.task.take().ok_or(DriverError::Stopped)?;
         // A closed channel means the driver has already ended.
         let _ = self.handle.commands.send(Command::Shutdown).await;
-        (&mut self.task).await.map_err(task_error)?
+        task.await.map_err(task_error)?
     }
 }
 

@@ -56,7 +56,7 @@ fn duration(setting: &'static str, d: Duration) -> Result<Duration, DriverError>
 }
 
 /// Where and how [`HttpsTransport`] connects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpsSettings {
     addr: SocketAddr,
     server_name: ServerName<'static>,
@@ -68,6 +68,22 @@ pub struct HttpsSettings {
     backoff_max: Duration,
     seed: u64,
     http1_only: bool,
+    clock: Clock,
+}
+
+impl fmt::Debug for HttpsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpsSettings")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .field("roots", &self.roots.len())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("http1_only", &self.http1_only)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpsSettings {
@@ -113,7 +129,16 @@ impl HttpsSettings {
             backoff_max: Duration::from_secs(30),
             seed: 0,
             http1_only: false,
+            clock: system_clock(),
         })
+    }
+
+    /// The clock an HTTP-date `Retry-After` is measured against (default:
+    /// the system clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The bound on connecting: TCP, TLS handshake and HTTP handshake.
@@ -247,7 +272,6 @@ struct Connection {
 struct Inner {
     settings: HttpsSettings,
     identity: Box<dyn IdentitySource>,
-    clock: Clock,
     connection: tokio::sync::Mutex<Connection>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
@@ -285,7 +309,6 @@ impl HttpsTransport {
             inner: Arc::new(Inner {
                 settings,
                 identity: Box::new(identity),
-                clock: system_clock(),
                 connection: tokio::sync::Mutex::new(Connection {
                     jitter,
                     ..Connection::default()
@@ -293,21 +316,6 @@ impl HttpsTransport {
                 counters: Counters::default(),
                 last_error: Mutex::new(None),
             }),
-        }
-    }
-
-    /// The clock an HTTP-date `Retry-After` is measured against (default:
-    /// the system clock). Set before the transport is cloned.
-    #[must_use]
-    pub fn with_clock(self, clock: Clock) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.clock = clock;
-                HttpsTransport {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => HttpsTransport { inner },
         }
     }
 
@@ -403,13 +411,8 @@ impl HttpsTransport {
             bump(&self.inner.counters.http_errors);
             self.fail(format_args!("service answered {status}"));
         }
-        map_answer(
-            status,
-            retry_after.as_deref(),
-            &acks,
-            frames,
-            (self.inner.clock)(),
-        )
+        let now = (self.inner.settings.clock)();
+        map_answer(status, retry_after.as_deref(), &acks, frames, now)
     }
 
     /// One request on `sender`: the status, `Retry-After`, and the acks
@@ -760,6 +763,7 @@ mod tests {
             backoff_max: Duration::from_secs(3),
             seed: 9,
             http1_only: false,
+            clock: system_clock(),
         };
         let mut j = 9;
         let mut last_base = Duration::ZERO;
