@@ -331,3 +331,49 @@ async fn a_service_the_agent_does_not_trust_is_a_transient_failure() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_service_and_a_slow_answer_time_out_as_transient() {
+    bounded(async move {
+        let pki = Pki::new();
+        // Accepts TCP, never speaks TLS.
+        let silent = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let t = HttpsTransport::new(
+            settings(&pki, addr)
+                .with_connect_timeout(StdDuration::from_millis(200))
+                .unwrap(),
+            Arc::new(identity(&pki.agent(TENANT))),
+        );
+        assert_eq!(t.send(&transmit(1)).await, Outcome::Transient);
+        assert_eq!(t.stats().connect_failures, 1);
+        assert!(t.last_error().unwrap().contains("timed out"));
+        holder.abort();
+
+        // A service that takes the request and never answers.
+        let server = server(&pki).await;
+        *server.state.gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+        let t = HttpsTransport::new(
+            settings(&pki, server.addr)
+                .with_request_timeout(StdDuration::from_millis(300))
+                .unwrap(),
+            Arc::new(identity(&pki.agent(TENANT))),
+        );
+        assert_eq!(t.send(&transmit(2)).await, Outcome::Transient);
+        let stats = t.stats();
+        assert_eq!((stats.connects, stats.failures), (1, 1));
+        assert!(t.last_error().unwrap().contains("timed out"));
+        // The connection stays up (HTTP/2: other requests are unaffected).
+        *server.state.gate.lock().unwrap() = None;
+        assert_eq!(t.send(&transmit(3)).await, Outcome::Delivered);
+        assert_eq!(t.stats().connects, 1);
+        server.stop().await;
+    })
+    .await;
+}

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opsdata::{Frame, Outcome, Transmit};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -40,6 +40,10 @@ use crate::{Clock, TlsError};
 const MAX_SETTING: Duration = Duration::from_secs(3600);
 /// The wait taken for a 429 whose `Retry-After` is absent or unreadable.
 const DEFAULT_RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
+/// HTTP/2 pings while requests are in flight: every this often...
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...each answered within this, or the connection is closed.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of a response body read beyond the acks expected (an error
 /// message, say) before the rest is ignored.
 const BODY_SLACK: usize = 4096;
@@ -559,7 +563,16 @@ impl HttpsTransport {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         let io = TokioIo::new(tls);
         if h2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            // Pings while requests are in flight: a connection that died
+            // silently (a dropped NAT entry, a crashed peer) fails its
+            // requests within the ping timeout, not the request timeout.
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(false)
+                .handshake(io)
+                .await?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "http/2 connection ended");
