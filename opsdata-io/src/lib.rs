@@ -70,9 +70,9 @@ mod tls;
 mod wire;
 
 pub use agent::{
-    AgentEvent, AgentHandle, AgentSettings, AgentStatus, AsyncAgent, AsyncTransport, DriverError,
-    EventJournal, HttpsSettings, HttpsTransport, HttpsTransportStats, IdentitySource, PemIdentity,
-    system_clock,
+    AgentClock, AgentEvent, AgentHandle, AgentSettings, AgentStatus, AsyncAgent, AsyncTransport,
+    DriverError, EventJournal, HttpsSettings, HttpsTransport, HttpsTransportStats, IdentitySource,
+    PemIdentity, system_clock,
 };
 #[cfg(feature = "azure")]
 pub use blobs::AzureBlobConfig;

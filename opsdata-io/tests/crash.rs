@@ -284,7 +284,7 @@ fn crash_child() {
     let start = t0() + Duration::days(30 * i64::try_from(cycle).unwrap());
     let clock_ms = Arc::new(AtomicI64::new(start.timestamp_millis()));
     let c = Arc::clone(&clock_ms);
-    let clock: opsdata_io::Clock =
+    let clock: opsdata_io::AgentClock =
         Arc::new(move || DateTime::from_timestamp_millis(c.load(Ordering::SeqCst)).unwrap());
     let settings = AgentSettings::new(policy(limit_bytes), SEED ^ cycle)
         .with_limits(limits())

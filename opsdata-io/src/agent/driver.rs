@@ -27,11 +27,16 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use super::DriverError;
-use crate::Clock;
 
-/// The wall clock (UTC), the default [`Clock`] of an agent.
+/// Where the agent reads the time: called once per round of the driver.
+/// Tests pass a clock they move. (The same type as the service's
+/// `Clock`.)
+pub type AgentClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+type Clock = AgentClock;
+
+/// The wall clock (UTC), the default [`AgentClock`] of an agent.
 #[must_use]
-pub fn system_clock() -> Clock {
+pub fn system_clock() -> AgentClock {
     Arc::new(|| DateTime::<Utc>::from(SystemTime::now()))
 }
 

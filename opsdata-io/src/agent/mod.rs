@@ -32,8 +32,8 @@ mod transport;
 use std::error::Error as StdError;
 
 pub use driver::{
-    AgentEvent, AgentHandle, AgentSettings, AgentStatus, AsyncAgent, AsyncTransport, EventJournal,
-    system_clock,
+    AgentClock, AgentEvent, AgentHandle, AgentSettings, AgentStatus, AsyncAgent, AsyncTransport,
+    EventJournal, system_clock,
 };
 pub use identity::{IdentitySource, PemIdentity};
 pub use transport::{HttpsSettings, HttpsTransport, HttpsTransportStats};
@@ -52,10 +52,16 @@ pub enum DriverError {
         /// Why.
         reason: &'static str,
     },
-    /// The agent's certificate, key or trusted roots could not be read or
-    /// used.
+    /// The agent's certificate or key could not be read or used.
     #[error("identity: {0}")]
     Tls(#[from] crate::TlsError),
+    /// The service's name is neither a DNS name nor an IP address.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    /// The roots the service's certificate must chain to: none given, or
+    /// one that is not a usable CA certificate.
+    #[error("trusted roots: {0}")]
+    Roots(String),
     /// The spool failed. A failed operation is retried before anything is
     /// sent.
     #[error("spool: {0}")]

@@ -31,10 +31,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::driver::{AsyncTransport, system_clock};
+use super::driver::{AgentClock as Clock, AsyncTransport, system_clock};
 use super::{DriverError, IdentitySource};
 use crate::wire::{ACK_LEN, Ack, FRAMES_CONTENT_TYPE, FRAMES_PATH};
-use crate::{Clock, TlsError};
 
 /// The longest timeout or backoff a setting takes.
 const MAX_SETTING: Duration = Duration::from_secs(3600);
@@ -99,21 +98,24 @@ impl HttpsSettings {
     ///
     /// # Errors
     ///
-    /// [`DriverError::Tls`] if the name is neither a DNS name nor an IP
-    /// address, or no usable root is given.
+    /// [`DriverError::ServerName`] if the name is neither a DNS name nor
+    /// an IP address; [`DriverError::Roots`] if no root is given or one is
+    /// not a usable CA certificate.
     pub fn new(
         addr: SocketAddr,
         server_name: &str,
         roots: Vec<CertificateDer<'static>>,
     ) -> Result<Self, DriverError> {
         let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
+            .map_err(|_| DriverError::ServerName(server_name.to_owned()))?;
         if roots.is_empty() {
-            return Err(TlsError::NoCertificates("trusted root").into());
+            return Err(DriverError::Roots("no trusted root given".into()));
         }
         let mut store = RootCertStore::empty();
         for c in roots {
-            store.add(c).map_err(TlsError::Rustls)?;
+            store
+                .add(c)
+                .map_err(|e| DriverError::Roots(e.to_string()))?;
         }
         let host = match &name {
             ServerName::IpAddress(ip) => match std::net::IpAddr::from(*ip) {
