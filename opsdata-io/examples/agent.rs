@@ -6,7 +6,8 @@
 //! each new connection, so a renewed certificate is picked up), trusts the
 //! service through `<dir>/service-ca.pem`, and pushes `--rounds` rounds of
 //! one batch per data type (Alert, Configuration, Event, Metadata,
-//! Performance, State) into an `AsyncAgent`: an `Outbox` over a
+//! Performance, State), or the records of a JSON Lines file (`--records`,
+//! `--data-type`), into an `AsyncAgent`: an `Outbox` over a
 //! `FileSpool` in `<dir>/spool`, sending through `HttpsTransport` with up
 //! to `--max-in-flight` requests at once. Prints every delivery event
 //! (`Delivered`, and `Dropped` with the records lost and why); exits with
@@ -32,7 +33,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use clap::Parser;
-use opsdata::{BatchId, DeliveryEvent, DeliveryPolicy, FrameLimits, subject_ids};
+use opsdata::{
+    BatchId, DataType, DeliveryEvent, DeliveryPolicy, Frame, FrameEncoder, FrameLimits, Record,
+    Tagged, TenantBatch, TenantId, subject_ids,
+};
 use opsdata_io::{
     AgentEvent, AgentSettings, AsyncAgent, FileSpool, HttpsSettings, HttpsTransport, PemIdentity,
     SpoolConfig, load_certificates,
@@ -53,7 +57,8 @@ struct Args {
     /// The name the service's certificate must carry.
     #[arg(long, default_value = "localhost")]
     server_name: String,
-    /// Rounds of sample batches to push (six batches each, one per data type).
+    /// Rounds of sample batches to push (six batches each, one per data
+    /// type), when no --records file is given.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Requests in flight at once (over one HTTP/2 connection).
@@ -68,6 +73,51 @@ struct Args {
     /// Offer only HTTP/1.1 (requests then take turns on one connection).
     #[arg(long)]
     http1: bool,
+    /// Send the records of this JSON Lines file (docs/RECORDS.md) instead
+    /// of the samples; needs --data-type.
+    #[arg(long, requires = "data_type")]
+    records: Option<PathBuf>,
+    /// The data type of every record in --records.
+    #[arg(long)]
+    data_type: Option<DataType>,
+    /// Records per batch (frame) when reading --records.
+    #[arg(long, default_value_t = 500)]
+    batch_records: usize,
+}
+
+/// The frames of a JSON Lines file of `data_type` records, `per_batch`
+/// records each.
+fn file_frames(
+    path: &std::path::Path,
+    tenant: TenantId,
+    data_type: DataType,
+    per_batch: usize,
+    now: chrono::DateTime<Utc>,
+    next_id: &mut dyn FnMut() -> BatchId,
+) -> Result<Vec<Frame>, Box<dyn Error>> {
+    let text = std::fs::read(path)?;
+    let mut encoder = FrameEncoder::new();
+    let mut frames = Vec::new();
+    let mut batch = TenantBatch::new(tenant, data_type);
+    for (number, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let record = Record::from_json(data_type, line)
+            .map_err(|e| format!("{}: line {}: {e}", path.display(), number + 1))?;
+        batch
+            .push(Tagged::new(tenant, record))
+            .map_err(|e| format!("{}: line {}: {}", path.display(), number + 1, e.error))?;
+        if batch.len() >= per_batch.max(1) {
+            frames.push(encoder.encode_frame(&batch, next_id(), now)?);
+            batch = TenantBatch::new(tenant, data_type);
+        }
+    }
+    if !batch.is_empty() {
+        frames.push(encoder.encode_frame(&batch, next_id(), now)?);
+    }
+    Ok(frames)
 }
 
 #[tokio::main]
@@ -124,18 +174,29 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let mut next_id = || BatchId::from_random_bytes(*Uuid::new_v4().as_bytes());
     let now = Utc::now();
-    for round in 0..args.rounds {
-        for frame in records::frames(tenant, now, round, &mut next_id) {
-            println!(
-                "push {} batch {}: {} record(s), {} bytes",
-                frame.data_type(),
-                frame.batch_id(),
-                frame.header().record_count,
-                frame.len()
-            );
-            // Returns once the frame is in the spool.
-            agent.push(frame).await?;
-        }
+    let frames = match (&args.records, args.data_type) {
+        (Some(path), Some(data_type)) => file_frames(
+            path,
+            tenant,
+            data_type,
+            args.batch_records,
+            now,
+            &mut next_id,
+        )?,
+        _ => (0..args.rounds)
+            .flat_map(|round| records::frames(tenant, now, round, &mut next_id))
+            .collect(),
+    };
+    for frame in frames {
+        println!(
+            "push {} batch {}: {} record(s), {} bytes",
+            frame.data_type(),
+            frame.batch_id(),
+            frame.header().record_count,
+            frame.len()
+        );
+        // Returns once the frame is in the spool.
+        agent.push(frame).await?;
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait);
