@@ -590,7 +590,7 @@ where
                 tokio::task::yield_now().await;
                 continue;
             }
-            self.park(now).await;
+            self.park(now, stored).await;
         }
         // Refuse what is still queued, so no pusher waits forever.
         self.commands.close();
@@ -796,10 +796,16 @@ where
     }
 
     /// Waits for a command, a finished request, the outbox's next timeout
-    /// or a storage retry; what arrives is kept for the next round.
-    async fn park(&mut self, now: DateTime<Utc>) {
+    /// or a storage retry; what arrives is kept for the next round. The
+    /// outbox's timer counts only when its work can be done: not while
+    /// shutting down (no new sends) nor while storage is failing (no sends
+    /// before it succeeds), where an overdue timer would spin the loop.
+    async fn park(&mut self, now: DateTime<Utc>, stored: bool) {
         let mut wait = self.settings.max_park;
-        if let Some(at) = self.outbox.poll_timeout() {
+        if let Some(at) = self.outbox.poll_timeout()
+            && stored
+            && !self.stopping
+        {
             let until = (at - now).to_std().unwrap_or(Duration::ZERO);
             wait = wait.min(until);
         }
