@@ -85,6 +85,20 @@ impl EventJournal for LoggedJournal {
     }
 }
 
+/// A journal whose first `fail` records fail.
+struct FlakyJournal(Log, usize);
+impl EventJournal for FlakyJournal {
+    fn record(&mut self, events: &[DeliveryEvent]) -> std::io::Result<()> {
+        if self.1 > 0 {
+            self.1 -= 1;
+            return Err(std::io::Error::other("journal disk full (test)"));
+        }
+        let mut log = self.0.lock().unwrap();
+        log.extend(events.iter().cloned().map(Step::Journal));
+        Ok(())
+    }
+}
+
 /// A transport in the test's hands: each send waits for a permit of
 /// `gate`, then answers the next scripted outcome (`Delivered` once the
 /// script is empty). Counts sends in flight.
@@ -612,6 +626,47 @@ async fn a_failing_spool_is_retried_and_nothing_is_sent_meanwhile() {
             1
         );
         agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_journal_holds_back_the_removes_behind_it() {
+    bounded(120, async move {
+        let log = Log::default();
+        let fake = Fake::new(&log, true);
+        fake.script([Outcome::Rejected]);
+        let (mut agent, _) = AsyncAgent::start_with_journal(
+            settings(4)
+                .with_storage_retry(StdDuration::from_millis(5))
+                .unwrap(),
+            Shared(Arc::clone(&fake)),
+            spool(&log),
+            FlakyJournal(Arc::clone(&log), 3),
+        )
+        .await
+        .unwrap();
+        agent.push(frame(1, 1, 10)).await.unwrap();
+        let mut failures = 0;
+        loop {
+            match agent.next_event().await.unwrap() {
+                AgentEvent::JournalFailed { .. } => failures += 1,
+                AgentEvent::Delivery(DeliveryEvent::Dropped { .. }) => break,
+                _ => {}
+            }
+        }
+        let spool = agent.shutdown().await.unwrap();
+        assert!(spool.inner.is_empty());
+        // The first record (the push's) succeeded; the drop's failed three
+        // times, and its batch stayed in the spool until it was on record.
+        assert_eq!(failures, 3);
+        let log = log_of(&log);
+        let id = common::batch_id(1);
+        let dropped = log
+            .iter()
+            .position(|s| matches!(s, Step::Journal(DeliveryEvent::Dropped { .. })))
+            .expect("the drop on record");
+        assert!(dropped < index(&log, &Step::Remove(id)));
     })
     .await;
 }

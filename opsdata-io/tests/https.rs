@@ -117,6 +117,27 @@ async fn http1_is_the_fallback() {
                 .iter()
                 .all(|v| *v == hyper::Version::HTTP_11)
         );
+        // Over HTTP/1.1 the one connection carries one request at a time,
+        // whatever max_in_flight says (what the HTTP/2 test is measured
+        // against).
+        let policy = DeliveryPolicy::default().with_max_in_flight(4).unwrap();
+        let (mut agent, _) =
+            AsyncAgent::start(AgentSettings::new(policy, 3), t, MemorySpool::new())
+                .await
+                .unwrap();
+        for seq in 10..18 {
+            agent.push(frame(seq, 2, 10)).await.unwrap();
+        }
+        let mut delivered = 0;
+        while delivered < 8 {
+            if let Some(AgentEvent::Delivery(DeliveryEvent::Delivered { .. })) =
+                agent.next_event().await
+            {
+                delivered += 1;
+            }
+        }
+        agent.shutdown().await.unwrap();
+        assert_eq!(server.state.max_active.load(Ordering::SeqCst), 1);
         server.stop().await;
     })
     .await;
