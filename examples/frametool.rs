@@ -23,7 +23,8 @@
 //! frame, input that ends inside a frame), with a one-line message on
 //! stderr; 64 for a bad command line; 1 for an I/O error.
 //!
-//! Run it with `cargo run --example frametool -- decode < frames.opsf`.
+//! Run it with `cargo run --example frametool -- decode < frames.opsf`;
+//! `frametool --help` and `frametool <command> --help` list the options.
 
 // An example may read the clock, draw a random batch id and use stdio.
 #![allow(clippy::disallowed_methods)]
@@ -32,16 +33,105 @@ use std::io::{self, BufRead, Read, Write};
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
 use opsdata::{
     BatchId, Codec, DataType, Decoded, Frame, FrameDecoder, FrameEncoder, FrameHeader, FrameLimits,
     PayloadReader, Record, Tagged, TenantBatch, TenantId,
 };
 use serde::Serialize;
 
-const USAGE: &str = "usage: frametool encode --tenant UUID --data-type NAME [--codec deflate|none] \
-[--level 0-9] [--batch-id UUID] [--created-ms N]\n       frametool decode [--expect-tenant UUID]\n       \
-frametool seal --kek-id N --kek-hex HEX [--seed N]\n       frametool open --kek-id N --kek-hex HEX\n       \
-frametool rewrap --from-kek-id N --from-kek-hex HEX --to-kek-id M --to-kek-hex HEX [--seed N]";
+/// Write and read OPSF frames (docs/FRAME.md): encode records, decode
+/// frames, seal, open and rewrap them. Keys are 64 hex digits (32 bytes).
+///
+/// Exit status: 0 on success; 2 for invalid input; 64 for a bad command
+/// line; 1 for an I/O error.
+#[derive(Debug, Parser)]
+#[command(name = "frametool", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// JSON Lines records on stdin -> one frame on stdout.
+    Encode {
+        /// The workspace (tenant) id, a UUID.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The data type of every record (Alert, Configuration, Event,
+        /// Metadata, Performance, State).
+        #[arg(long)]
+        data_type: DataType,
+        /// The body's compression.
+        #[arg(long, value_enum, default_value_t = CodecArg::Deflate)]
+        codec: CodecArg,
+        /// The DEFLATE level, 0-9 (default 1).
+        #[arg(long)]
+        level: Option<u32>,
+        /// The batch id, a UUID (default: a random one).
+        #[arg(long)]
+        batch_id: Option<BatchId>,
+        /// The creation time, in milliseconds since the Unix epoch
+        /// (default: now).
+        #[arg(long)]
+        created_ms: Option<i64>,
+    },
+    /// Concatenated frames on stdin -> one JSON object per frame per line.
+    Decode {
+        /// Refuse a frame of any other tenant.
+        #[arg(long)]
+        expect_tenant: Option<TenantId>,
+    },
+    /// Frames on stdin -> the same frames sealed under the key (the
+    /// tenant is each frame's own).
+    Seal {
+        /// The key's id.
+        #[arg(long)]
+        kek_id: u32,
+        /// The key, 64 hex digits.
+        #[arg(long)]
+        kek_hex: String,
+        /// Makes the data keys and nonces reproducible (for test vectors
+        /// only).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Sealed frames on stdin -> the same frames unsealed.
+    Open {
+        /// The key's id.
+        #[arg(long)]
+        kek_id: u32,
+        /// The key, 64 hex digits.
+        #[arg(long)]
+        kek_hex: String,
+    },
+    /// Sealed frames on stdin -> the same frames with their data keys
+    /// wrapped under the `--to` key; bodies unchanged.
+    Rewrap {
+        /// The id of the key the frames are sealed under.
+        #[arg(long)]
+        from_kek_id: u32,
+        /// That key, 64 hex digits.
+        #[arg(long)]
+        from_kek_hex: String,
+        /// The id of the key to wrap under.
+        #[arg(long)]
+        to_kek_id: u32,
+        /// That key, 64 hex digits.
+        #[arg(long)]
+        to_kek_hex: String,
+        /// Makes the wrapping reproducible (for test vectors only).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CodecArg {
+    Deflate,
+    None,
+}
 
 /// Why frametool stopped.
 enum Failure {
@@ -60,25 +150,47 @@ impl From<io::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("encode") => encode(&args[1..]),
-        Some("decode") => decode(&args[1..]),
-        Some("seal") => keys::seal(&args[1..]),
-        Some("open") => keys::open(&args[1..]),
-        Some("rewrap") => keys::rewrap(&args[1..]),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            Ok(())
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // --help and --version are answers, not errors.
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let _ = e.print();
+            return ExitCode::from(64);
         }
-        _ => Err(Failure::Usage(
-            "expected a command: encode, decode, seal, open or rewrap".into(),
-        )),
+    };
+    let result = match cli.command {
+        Command::Encode {
+            tenant,
+            data_type,
+            codec,
+            level,
+            batch_id,
+            created_ms,
+        } => encode(tenant, data_type, codec, level, batch_id, created_ms),
+        Command::Decode { expect_tenant } => decode(expect_tenant),
+        Command::Seal {
+            kek_id,
+            kek_hex,
+            seed,
+        } => keys::seal(kek_id, &kek_hex, seed),
+        Command::Open { kek_id, kek_hex } => keys::open(kek_id, &kek_hex),
+        Command::Rewrap {
+            from_kek_id,
+            from_kek_hex,
+            to_kek_id,
+            to_kek_hex,
+            seed,
+        } => keys::rewrap((from_kek_id, &from_kek_hex), (to_kek_id, &to_kek_hex), seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
-            eprintln!("frametool: {msg}\n{USAGE}");
+            eprintln!("frametool: {msg}\n(frametool --help lists the commands and options)");
             ExitCode::from(64)
         }
         Err(Failure::Data(msg)) => {
@@ -94,70 +206,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--name value` options, each at most once.
-fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Failure> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    let mut it = args.iter();
-    while let Some(name) = it.next() {
-        if !known.contains(&name.as_str()) {
-            return Err(Failure::Usage(format!("unknown option {name:?}")));
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| Failure::Usage(format!("{name} needs a value")))?;
-        if out.iter().any(|(n, _)| n == name) {
-            return Err(Failure::Usage(format!("{name} given twice")));
-        }
-        out.push((name, value));
-    }
-    Ok(out)
-}
-
-fn get<'a>(opts: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
-    opts.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-}
-
-fn encode(args: &[String]) -> Result<(), Failure> {
-    let opts = options(
-        args,
-        &[
-            "--tenant",
-            "--data-type",
-            "--codec",
-            "--level",
-            "--batch-id",
-            "--created-ms",
-        ],
-    )?;
+fn encode(
+    tenant: TenantId,
+    data_type: DataType,
+    codec: CodecArg,
+    level: Option<u32>,
+    batch_id: Option<BatchId>,
+    created_ms: Option<i64>,
+) -> Result<(), Failure> {
     let usage = |e: &dyn std::fmt::Display| Failure::Usage(e.to_string());
-    let tenant: TenantId = get(&opts, "--tenant")
-        .ok_or_else(|| Failure::Usage("--tenant is required".into()))?
-        .parse()
-        .map_err(|e| usage(&e))?;
-    let data_type: DataType = get(&opts, "--data-type")
-        .ok_or_else(|| Failure::Usage("--data-type is required".into()))?
-        .parse()
-        .map_err(|e| usage(&e))?;
-    let codec = match get(&opts, "--codec").unwrap_or("deflate") {
-        "deflate" => Codec::Deflate,
-        "none" => Codec::None,
-        other => return Err(Failure::Usage(format!("unknown codec {other:?}"))),
+    let codec = match codec {
+        CodecArg::Deflate => Codec::Deflate,
+        CodecArg::None => Codec::None,
     };
     let mut encoder = FrameEncoder::new().with_codec(codec);
-    if let Some(level) = get(&opts, "--level") {
-        let level = level.parse().map_err(|e| usage(&e))?;
+    if let Some(level) = level {
         encoder = encoder.with_level(level).map_err(|e| usage(&e))?;
     }
-    let batch_id = match get(&opts, "--batch-id") {
-        Some(s) => s.parse::<BatchId>().map_err(|e| usage(&e))?,
+    let batch_id = match batch_id {
+        Some(id) => id,
         None => BatchId::new(uuid::Uuid::new_v4()).map_err(|e| usage(&e))?,
     };
-    let created: DateTime<Utc> = match get(&opts, "--created-ms") {
-        Some(s) => {
-            let ms: i64 = s.parse().map_err(|e| usage(&e))?;
-            DateTime::from_timestamp_millis(ms)
-                .ok_or_else(|| Failure::Usage(format!("--created-ms {ms} is out of range")))?
-        }
+    let created: DateTime<Utc> = match created_ms {
+        Some(ms) => DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| Failure::Usage(format!("--created-ms {ms} is out of range")))?,
         None => Utc::now(),
     };
 
@@ -259,14 +331,10 @@ fn print_frame(
     Ok(())
 }
 
-fn decode(args: &[String]) -> Result<(), Failure> {
-    let opts = options(args, &["--expect-tenant"])?;
+fn decode(expect_tenant: Option<TenantId>) -> Result<(), Failure> {
     let limits = FrameLimits::default();
     let mut decoder = FrameDecoder::new(limits);
-    if let Some(t) = get(&opts, "--expect-tenant") {
-        let tenant: TenantId = t
-            .parse()
-            .map_err(|e: opsdata::TenantError| Failure::Usage(e.to_string()))?;
+    if let Some(tenant) = expect_tenant {
         decoder = decoder.expect_tenant(tenant);
     }
     let mut reader = PayloadReader::new(limits);
@@ -334,18 +402,14 @@ mod keys {
         KeyRing, RotationPolicy, SystemEntropy, TenantId,
     };
 
-    use super::{Failure, get, options};
+    use super::Failure;
 
-    fn key_id(opts: &[(&str, &str)], name: &str) -> Result<KeyId, Failure> {
-        let text = get(opts, name).ok_or_else(|| Failure::Usage(format!("{name} is required")))?;
-        let n: u32 = text
-            .parse()
-            .map_err(|e| Failure::Usage(format!("{name}: {e}")))?;
+    fn key_id(n: u32, name: &str) -> Result<KeyId, Failure> {
         KeyId::new(n).map_err(|e| Failure::Usage(format!("{name}: {e}")))
     }
 
-    fn key(opts: &[(&str, &str)], name: &str) -> Result<KeyMaterial, Failure> {
-        let text = get(opts, name).ok_or_else(|| Failure::Usage(format!("{name} is required")))?;
+    /// The key from its hex; the message never repeats the value given.
+    fn key(text: &str, name: &str) -> Result<KeyMaterial, Failure> {
         let bad = || Failure::Usage(format!("{name} must be 64 hex digits"));
         // Hex digits only: from_str_radix alone would also take a `+` sign.
         if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -358,14 +422,11 @@ mod keys {
         Ok(KeyMaterial::from_bytes(bytes))
     }
 
-    fn entropy(opts: &[(&str, &str)]) -> Result<Box<dyn Entropy>, Failure> {
-        Ok(match get(opts, "--seed") {
-            Some(s) => Box::new(DeterministicEntropy::from_u64(
-                s.parse()
-                    .map_err(|e| Failure::Usage(format!("--seed: {e}")))?,
-            )),
+    fn entropy(seed: Option<u64>) -> Box<dyn Entropy> {
+        match seed {
+            Some(s) => Box::new(DeterministicEntropy::from_u64(s)),
             None => Box::new(SystemEntropy::new()),
-        })
+        }
     }
 
     /// Reads every frame on stdin (the default limits allow a sealed
@@ -434,17 +495,15 @@ mod keys {
         Failure::Data(format!("frame {}: {e}", f.batch_id()))
     }
 
-    pub(super) fn seal(args: &[String]) -> Result<(), Failure> {
-        let opts = options(args, &["--kek-id", "--kek-hex", "--seed"])?;
-        let id = key_id(&opts, "--kek-id")?;
-        let hex = get(&opts, "--kek-hex");
-        key(&opts, "--kek-hex")?;
-        let mut entropy = entropy(&opts)?;
+    pub(super) fn seal(kek_id: u32, hex: &str, seed: Option<u64>) -> Result<(), Failure> {
+        let id = key_id(kek_id, "--kek-id")?;
+        key(hex, "--kek-hex")?;
+        let mut entropy = entropy(seed);
         let mut out = Vec::new();
         for f in frames()? {
             // The key is parsed again per frame: KeyMaterial is not Clone,
             // so that copies of it stay few and deliberate.
-            let material = key(&[("--kek-hex", hex.unwrap_or_default())], "--kek-hex")?;
+            let material = key(hex, "--kek-hex")?;
             let mut r = ring(f.tenant(), vec![(id, material)], Some(id))?;
             let now = chrono::Utc::now();
             out.push(opsdata::seal(&f, &mut r, &mut entropy, now).map_err(|e| failed(&f, e))?);
@@ -452,46 +511,38 @@ mod keys {
         write(&out)
     }
 
-    pub(super) fn open(args: &[String]) -> Result<(), Failure> {
-        let opts = options(args, &["--kek-id", "--kek-hex"])?;
-        let id = key_id(&opts, "--kek-id")?;
-        let hex = get(&opts, "--kek-hex");
-        key(&opts, "--kek-hex")?;
+    pub(super) fn open(kek_id: u32, hex: &str) -> Result<(), Failure> {
+        let id = key_id(kek_id, "--kek-id")?;
+        key(hex, "--kek-hex")?;
         let mut out = Vec::new();
         for f in frames()? {
-            let material = key(&[("--kek-hex", hex.unwrap_or_default())], "--kek-hex")?;
+            let material = key(hex, "--kek-hex")?;
             let r = ring(f.tenant(), vec![(id, material)], None)?;
             out.push(opsdata::open(&f, &r).map_err(|e| failed(&f, e))?);
         }
         write(&out)
     }
 
-    pub(super) fn rewrap(args: &[String]) -> Result<(), Failure> {
-        let opts = options(
-            args,
-            &[
-                "--from-kek-id",
-                "--from-kek-hex",
-                "--to-kek-id",
-                "--to-kek-hex",
-                "--seed",
-            ],
-        )?;
-        let from = key_id(&opts, "--from-kek-id")?;
-        let to = key_id(&opts, "--to-kek-id")?;
+    pub(super) fn rewrap(
+        (from_id, from_hex): (u32, &str),
+        (to_id, to_hex): (u32, &str),
+        seed: Option<u64>,
+    ) -> Result<(), Failure> {
+        let from = key_id(from_id, "--from-kek-id")?;
+        let to = key_id(to_id, "--to-kek-id")?;
         if from == to {
             return Err(Failure::Usage(
                 "--from-kek-id and --to-kek-id must differ".into(),
             ));
         }
-        key(&opts, "--from-kek-hex")?;
-        key(&opts, "--to-kek-hex")?;
-        let mut entropy = entropy(&opts)?;
+        key(from_hex, "--from-kek-hex")?;
+        key(to_hex, "--to-kek-hex")?;
+        let mut entropy = entropy(seed);
         let mut out = Vec::new();
         for f in frames()? {
             let mut keys = vec![
-                (from, key(&opts, "--from-kek-hex")?),
-                (to, key(&opts, "--to-kek-hex")?),
+                (from, key(from_hex, "--from-kek-hex")?),
+                (to, key(to_hex, "--to-kek-hex")?),
             ];
             keys.sort_by_key(|(id, _)| *id);
             let mut r = ring(f.tenant(), keys, Some(to))?;

@@ -1,18 +1,23 @@
-//! An agent delivering records of all six types over mutual TLS.
+//! An agent delivering records of all six types over HTTPS (mutual TLS,
+//! HTTP/2), on the async driver.
 //!
 //! Reads its credential from `<dir>/agent.pem` + `<dir>/agent.key` (its
-//! workspace is the certificate's first CN), trusts the service through
-//! `<dir>/service-ca.pem`, and sends one batch of each data type (Alert,
-//! Configuration, Event, Metadata, Performance, State) through the core's
-//! `Agent` (an `Outbox` over a `FileSpool` in `<dir>/spool`) and a
-//! `TlsTransport` to `[addr]` (default `127.0.0.1:4443`), expecting a
-//! certificate for `[server-name]` (default `localhost`). Prints the
-//! delivery events; exits with an error if a batch is still held (the
-//! service is unreachable). What is held stays in the spool: the next run
+//! workspace is the certificate's first CN; the files are read again at
+//! each new connection, so a renewed certificate is picked up), trusts the
+//! service through `<dir>/service-ca.pem`, and pushes `--rounds` rounds of
+//! one batch per data type (Alert, Configuration, Event, Metadata,
+//! Performance, State), or the records of a JSON Lines file (`--records`,
+//! `--data-type`), into an `AsyncAgent`: an `Outbox` over a
+//! `FileSpool` in `<dir>/spool`, sending through `HttpsTransport` with up
+//! to `--max-in-flight` requests at once. Prints every delivery event
+//! (`Delivered`, and `Dropped` with the records lost and why); exits with
+//! an error if batches are still held when the service is unreachable or
+//! `--wait` runs out. What is held stays in the spool: the next run
 //! recovers it and sends it first.
 //!
 //! ```text
-//! cargo run -p opsdata-io --example agent -- <dir> [addr] [server-name]
+//! cargo run -p opsdata-io --example agent -- /tmp/opsdata-pki --addr 127.0.0.1:4443
+//! cargo run -p opsdata-io --example agent -- --help
 //! ```
 
 // An example may read the wall clock and draw random ids; the library never does.
@@ -22,57 +27,132 @@
 mod records;
 
 use std::error::Error;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
+use clap::Parser;
 use opsdata::{
-    Agent, AgentKey, BatchId, Credential, DeliveryPolicy, FrameLimits, SystemEntropy, subject_ids,
+    BatchId, DataType, DeliveryEvent, DeliveryPolicy, Frame, FrameEncoder, FrameLimits, Record,
+    Tagged, TenantBatch, TenantId, subject_ids,
 };
 use opsdata_io::{
-    FileSpool, SpoolConfig, Timeouts, TlsIdentity, TlsTransport, TransportSettings,
-    load_certificates,
+    AgentEvent, AgentSettings, AsyncAgent, FileSpool, HttpsSettings, HttpsTransport, PemIdentity,
+    SpoolConfig, load_certificates,
 };
-use rustls_pki_types::PrivatePkcs8KeyDer;
-use rustls_pki_types::pem::PemObject;
 use uuid::Uuid;
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (dir, addr, server_name) = match args.as_slice() {
-        [dir] => (dir.as_str(), "127.0.0.1:4443", "localhost"),
-        [dir, addr] => (dir.as_str(), addr.as_str(), "localhost"),
-        [dir, addr, name] => (dir.as_str(), addr.as_str(), name.as_str()),
-        _ => return Err("usage: agent <dir> [addr] [server-name]".into()),
-    };
-    let dir = Path::new(dir);
+/// Sends sample records of the six data types to an opsdata service over
+/// HTTPS with mutual TLS, keeping its backlog in a crash-safe spool.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Directory holding agent.pem, agent.key and service-ca.pem (as the
+    /// `certs` example writes them); the spool is kept in <DIR>/spool.
+    dir: PathBuf,
+    /// The service's address.
+    #[arg(long, default_value = "127.0.0.1:4443")]
+    addr: SocketAddr,
+    /// The name the service's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Rounds of sample batches to push (six batches each, one per data
+    /// type), when no --records file is given.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Requests in flight at once (over one HTTP/2 connection).
+    #[arg(long, default_value_t = 4)]
+    max_in_flight: u32,
+    /// The spool's bound on disk, in MiB.
+    #[arg(long, default_value_t = 256)]
+    spool_mib: u64,
+    /// Seconds to wait for delivery before exiting with what is still held.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+    /// Offer only HTTP/1.1 (requests then take turns on one connection).
+    #[arg(long)]
+    http1: bool,
+    /// Send the records of this JSON Lines file (docs/RECORDS.md) instead
+    /// of the samples; needs --data-type.
+    #[arg(long, requires = "data_type")]
+    records: Option<PathBuf>,
+    /// The data type of every record in --records.
+    #[arg(long)]
+    data_type: Option<DataType>,
+    /// Records per batch (frame) when reading --records.
+    #[arg(long, default_value_t = 500)]
+    batch_records: usize,
+}
 
-    // The agent's credential, as the core holds it.
+/// The frames of a JSON Lines file of `data_type` records, `per_batch`
+/// records each.
+fn file_frames(
+    path: &std::path::Path,
+    tenant: TenantId,
+    data_type: DataType,
+    per_batch: usize,
+    now: chrono::DateTime<Utc>,
+    next_id: &mut dyn FnMut() -> BatchId,
+) -> Result<Vec<Frame>, Box<dyn Error>> {
+    let text = std::fs::read(path)?;
+    let mut encoder = FrameEncoder::new();
+    let mut frames = Vec::new();
+    let mut batch = TenantBatch::new(tenant, data_type);
+    for (number, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let record = Record::from_json(data_type, line)
+            .map_err(|e| format!("{}: line {}: {e}", path.display(), number + 1))?;
+        batch
+            .push(Tagged::new(tenant, record))
+            .map_err(|e| format!("{}: line {}: {}", path.display(), number + 1, e.error))?;
+        if batch.len() >= per_batch.max(1) {
+            frames.push(encoder.encode_frame(&batch, next_id(), now)?);
+            batch = TenantBatch::new(tenant, data_type);
+        }
+    }
+    if !batch.is_empty() {
+        frames.push(encoder.encode_frame(&batch, next_id(), now)?);
+    }
+    Ok(frames)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let dir = &args.dir;
+
     let certificate = load_certificates(&dir.join("agent.pem"))?.remove(0);
     let (tenant, agent_id) = subject_ids(&certificate)?;
-    let pkcs8 = PrivatePkcs8KeyDer::from_pem_file(dir.join("agent.key"))?;
-    let entropy = SystemEntropy::new();
-    let key = AgentKey::from_pkcs8(pkcs8.secret_pkcs8_der(), entropy.secure_random())?;
-    drop(pkcs8);
-    let credential = Credential::new(certificate, key)?;
     println!("agent {agent_id} of workspace {tenant}");
 
-    let settings = TransportSettings::new(
-        addr.parse()?,
-        server_name,
+    let settings = HttpsSettings::new(
+        args.addr,
+        &args.server_name,
         load_certificates(&dir.join("service-ca.pem"))?,
     )?
-    .with_timeouts(Timeouts::new(
-        Duration::from_secs(5),
-        Duration::from_secs(10),
-        Duration::from_secs(10),
-    )?);
-    let transport = TlsTransport::new(settings, &TlsIdentity::from_credential(&credential))?;
+    .with_connect_timeout(Duration::from_secs(5))?
+    .with_request_timeout(Duration::from_secs(20))?
+    .with_http1_only(args.http1);
+    let transport = HttpsTransport::new(
+        settings,
+        PemIdentity::new(dir.join("agent.pem"), dir.join("agent.key")),
+    );
     let seed = u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into()?);
-    // The backlog on disk, at most 256 MiB of it; the outbox holds what the
-    // spool can keep within that bound.
-    let config = SpoolConfig::new(256 << 20)?;
-    let policy = DeliveryPolicy::default().with_limit_bytes(config.outbox_limit_bytes())?;
+    // The backlog on disk; the outbox holds what the spool can keep within
+    // that bound.
+    let config = SpoolConfig::new(args.spool_mib << 20)?;
+    let policy = DeliveryPolicy::default()
+        .with_limit_bytes(config.outbox_limit_bytes())?
+        .with_max_in_flight(args.max_in_flight)?;
     let (spool, found) = FileSpool::open(dir.join("spool"), config)?;
     println!(
         "spool: {} frame(s), {} byte(s) held from an earlier run; {} torn byte(s) cut, {} segment(s) moved aside",
@@ -81,16 +161,33 @@ fn main() -> Result<(), Box<dyn Error>> {
         found.torn_bytes,
         found.moved_aside.len()
     );
-    let now = Utc::now();
     // Sends what an earlier run left, before anything new.
-    let (mut agent, report) =
-        Agent::recover(policy, seed, now, transport, spool, &FrameLimits::default())?;
+    let (mut agent, report) = AsyncAgent::start(
+        AgentSettings::new(policy, seed).with_limits(FrameLimits::default()),
+        transport.clone(),
+        spool,
+    )
+    .await?;
     if report.recovered + report.dropped + report.skipped.len() > 0 {
         println!("recovered: {report:?}");
     }
 
     let mut next_id = || BatchId::from_random_bytes(*Uuid::new_v4().as_bytes());
-    for frame in records::frames(tenant, now, 0, &mut next_id) {
+    let now = Utc::now();
+    let frames = match (&args.records, args.data_type) {
+        (Some(path), Some(data_type)) => file_frames(
+            path,
+            tenant,
+            data_type,
+            args.batch_records,
+            now,
+            &mut next_id,
+        )?,
+        _ => (0..args.rounds)
+            .flat_map(|round| records::frames(tenant, now, round, &mut next_id))
+            .collect(),
+    };
+    for frame in frames {
         println!(
             "push {} batch {}: {} record(s), {} bytes",
             frame.data_type(),
@@ -98,26 +195,86 @@ fn main() -> Result<(), Box<dyn Error>> {
             frame.header().record_count,
             frame.len()
         );
-        agent.push(now, frame)?;
+        // Returns once the frame is in the spool.
+        agent.push(frame).await?;
     }
-    agent.tick(now)?;
-    while let Some(event) = agent.poll_event() {
-        println!("{event:?}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait);
+    let (mut lost_batches, mut lost_records) = (0u64, 0u64);
+    let held = loop {
+        while let Some(event) = agent.try_next_event() {
+            if let AgentEvent::Delivery(DeliveryEvent::Dropped { records, .. }) = &event {
+                lost_batches += 1;
+                lost_records += u64::from(*records);
+            }
+            print_event(&event);
+        }
+        let status = agent.status().await?;
+        if status.held_batches == 0 {
+            break 0;
+        }
+        let offline = status.phases.cached + status.phases.queued;
+        if status.in_flight == 0 && offline > 0 {
+            // The service is unreachable: the next attempt is minutes away.
+            println!(
+                "service unreachable; next attempt at {}",
+                status
+                    .next_timeout
+                    .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+            );
+            break status.held_batches;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break status.held_batches;
+        }
+        match tokio::time::timeout_at(deadline, agent.next_event()).await {
+            Ok(Some(event)) => {
+                if let AgentEvent::Delivery(DeliveryEvent::Dropped { records, .. }) = &event {
+                    lost_batches += 1;
+                    lost_records += u64::from(*records);
+                }
+                print_event(&event);
+            }
+            Ok(None) => break status.held_batches,
+            Err(_) => {}
+        }
+    };
+    agent.shutdown().await?;
+    while let Some(event) = agent.try_next_event() {
+        print_event(&event);
     }
-    let stats = agent.transport().stats();
-    println!("transport: {stats:?}");
-    let held = agent.outbox().held_by_phase();
-    let held = held.pending + held.in_flight + held.cached + held.queued;
+    println!("transport: {:?}", transport.stats());
+    if lost_batches > 0 {
+        println!("LOST: {lost_batches} batch(es), {lost_records} record(s) dropped");
+    }
     if held > 0 {
         return Err(format!(
-            "{held} batch(es) still held (retried on the policy's schedule by a long-running agent); last error: {}",
-            agent
-                .transport()
-                .last_error()
-                .map_or_else(|| "none".to_owned(), ToString::to_string)
+            "{held} batch(es) still held in the spool (the next run sends them first); last error: {}",
+            transport.last_error().unwrap_or_else(|| "none".to_owned())
         )
         .into());
     }
     println!("all batches delivered");
     Ok(())
+}
+
+fn print_event(event: &AgentEvent) {
+    match event {
+        AgentEvent::Delivery(DeliveryEvent::Delivered {
+            data_type,
+            batch_id,
+            records,
+            ..
+        }) => println!("delivered {data_type} batch {batch_id}: {records} record(s)"),
+        AgentEvent::Delivery(DeliveryEvent::Dropped {
+            data_type,
+            batch_id,
+            records,
+            reason,
+            ..
+        }) => {
+            println!("DROPPED {data_type} batch {batch_id}: {records} record(s) lost ({reason:?})")
+        }
+        other => println!("{other:?}"),
+    }
 }

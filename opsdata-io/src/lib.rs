@@ -3,6 +3,12 @@
 //!
 //! - [`FileSpool`]: a crash-safe [`opsdata::Spool`] on disk (segment log of
 //!   frames and removal markers, `docs/SPOOL.md`).
+//! - [`AsyncAgent`]: the agent on tokio, the core's `Outbox` driven by one
+//!   task (spool operations in order before each transmit, up to
+//!   `max_in_flight` requests per tenant at once, timers from
+//!   `poll_timeout`), sending through [`HttpsTransport`] (HTTPS wire v2:
+//!   `POST /v1/frames` over mutual TLS, one HTTP/2 connection) or any
+//!   [`AsyncTransport`].
 //! - [`IngestService`]: the ingest service over HTTPS (`docs/WIRE.md`,
 //!   `docs/SERVICE.md`) as an `axum::Router`, and [`serve`] to run it over
 //!   rustls with mutual TLS.
@@ -60,18 +66,25 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod agent;
 mod blobs;
+mod clock;
 mod identity;
 mod service;
 mod spool;
 mod wire;
 
+pub use agent::{
+    AgentEvent, AgentHandle, AgentSettings, AgentStatus, AsyncAgent, AsyncTransport, DriverError,
+    EventJournal, HttpsSettings, HttpsTransport, HttpsTransportStats, IdentitySource, PemIdentity,
+};
 #[cfg(feature = "azure")]
 pub use blobs::AzureBlobConfig;
 pub use blobs::{AsyncBlobStore, BlobError, BlobOp, LocalDirBlobs, MemoryBlobs, ObjectStoreBlobs};
+pub use clock::{Clock, system_clock};
 pub use identity::{Timeouts, TlsError, TlsIdentity, load_certificates};
 pub use service::{
-    ClientAuth, Clock, IngestService, PeerCertificates, ServeConfig, ServeError, ServiceBuilder,
+    ClientAuth, IngestService, PeerCertificates, ServeConfig, ServeError, ServiceBuilder,
     ServiceLimits, serve, serve_app,
 };
 pub use spool::{

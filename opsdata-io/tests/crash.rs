@@ -1,28 +1,29 @@
-//! Crash test: an agent over a `FileSpool` runs in a child process (this
-//! test binary, re-executed to run the ignored `crash_child` test), which is
-//! killed with SIGKILL at seeded random points and restarted on the same
-//! spool directory. The service runs here, in the parent: a plain TCP
-//! listener speaking `docs/WIRE.md` (frames in, acknowledgements out) into
-//! the core's `Ingest`, authenticated by a `Principal` from an agent
-//! certificate made with rcgen.
+//! Crash test: the async agent (`AsyncAgent` over a `FileSpool`, sending
+//! through `HttpsTransport`) runs in a child process (this test binary,
+//! re-executed to run the ignored `crash_child` test), which is killed with
+//! SIGKILL at seeded random points and restarted on the same spool
+//! directory. The service runs here, in the parent: the minimal HTTPS
+//! ingest server of `tests/common/server.rs` (mutual TLS, HTTP/2, the
+//! core's `Ingest`), the agent authenticated by a certificate made with
+//! rcgen.
 //!
 //! Drops happen for real: the service rejects a fixed subset of batch ids
 //! (`Rejected`), some cycles run with a small outbox limit (`QueueFull`, at
 //! push and at recovery), and in the cycles where the service is
 //! unreachable the child's clock runs ten minutes a push, so its tenant goes
 //! past the two-hour cache window and is queued while the limit drops the
-//! oldest batches.
+//! oldest batches. Up to `MAX_IN_FLIGHT` requests are in flight at once.
 //!
-//! The child drives the core `Outbox` itself, not the `Agent` driver (which
-//! applies a dropped batch's `Remove` before the host sees its `Dropped`
-//! event, so a kill between the two would lose the report): after each
-//! input it journals every `Dropped` event (synced) before applying any
-//! storage operation, and on restart it removes, before recovery, the
-//! frames its journal already names as dropped (a drop journaled is
-//! committed: it is not sent after a kill). It pauses after journaling
-//! drops (`CRASH_WINDOW`), so that kills land between a drop on record and
-//! its `Remove`: with the `Agent`'s order there, the test finds records
-//! lost; without the removal at restart, drops journaled twice.
+//! The child's driver records every `Dropped` event through its
+//! `EventJournal` (written and synced) before it applies the storage
+//! operations of the same round, and on restart the child removes, before
+//! recovery, the frames its journal already names as dropped (a drop
+//! journaled is committed: it is not sent after a kill). The journal
+//! pauses after recording drops (`CRASH_WINDOW`), so that kills land
+//! between a drop on record and its `Remove`: with the order reversed
+//! there (the core `Agent`'s), the test finds records lost; without the
+//! removal at restart, drops journaled twice. A push is journaled once
+//! `AgentHandle::push` returned, that is once its frame is in the spool.
 //!
 //! At the end, against the service's store: every record journaled as
 //! pushed is stored or journaled as dropped; a record is journaled as
@@ -30,7 +31,8 @@
 //! dropped without being journaled as pushed; no rejected batch is stored;
 //! a record both stored and dropped was delivered with its acknowledgement
 //! lost to a kill and evicted after the restart, so that these and the
-//! ingest's de-duplicated resends together number at most one per kill.
+//! ingest's de-duplicated resends together number at most the requests in
+//! flight at each kill (`MAX_IN_FLIGHT` per kill).
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -38,24 +40,23 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration};
+use common::server::{IngestServer, Pki, State};
 use common::{frame, seqs_of, t0, tenant};
 use opsdata::{
-    BatchId, DeliveryEvent, DeliveryPolicy, DeterministicEntropy, DropReason, EnrollmentCa,
-    FIXED_HEADER_LEN, FrameHeader, FrameLimits, Ingest, IngestConfig, KeyRing, MemoryBlobStore,
-    Outbox, Outcome, Principal, RotationPolicy, Spool, StorageOp, Transmit, apply_store_op,
-    read_back,
+    BatchId, DeliveryEvent, DeliveryPolicy, DropReason, FIXED_HEADER_LEN, FrameHeader, FrameLimits,
+    Spool, read_back,
 };
-use opsdata_io::{Ack, FileSpool, SpoolConfig};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+use opsdata_io::{
+    AgentSettings, AsyncAgent, EventJournal, FileSpool, HttpsSettings, HttpsTransport, PemIdentity,
+    SpoolConfig, load_certificates,
 };
 
 const CHILD_TEST: &str = "crash_child";
@@ -105,40 +106,9 @@ impl Rng {
 
 // ---------------------------------------------------------------- child
 
-/// A wire transport over plain TCP, for this test only: one frame out, one
-/// acknowledgement back; any failure is transient.
-struct TcpTransport {
-    addr: SocketAddr,
-    conn: Option<TcpStream>,
-}
-
-impl TcpTransport {
-    fn exchange(&mut self, tx: &Transmit) -> std::io::Result<Outcome> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, StdDuration::from_secs(1))?;
-            s.set_read_timeout(Some(StdDuration::from_secs(5)))?;
-            s.set_nodelay(true)?;
-            self.conn = Some(s);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            unreachable!("connected just above")
-        };
-        conn.write_all(tx.frame.as_bytes())?;
-        let ack = Ack::read_from(conn).map_err(std::io::Error::other)?;
-        Ok(if ack.batch_id == Some(tx.batch_id) {
-            ack.outcome
-        } else {
-            Outcome::Transient
-        })
-    }
-
-    fn send(&mut self, tx: &Transmit) -> Outcome {
-        self.exchange(tx).unwrap_or_else(|_| {
-            self.conn = None;
-            Outcome::Transient
-        })
-    }
-}
+/// Requests in flight at once per tenant: a kill cuts off at most this
+/// many acknowledgements.
+const MAX_IN_FLIGHT: u32 = 4;
 
 /// The journal's kinds of line.
 const PUSHED: char = 'P';
@@ -221,27 +191,25 @@ fn policy(limit_bytes: u64) -> DeliveryPolicy {
     DeliveryPolicy::default()
         .with_limit_bytes(limit_bytes)
         .unwrap()
+        .with_max_in_flight(MAX_IN_FLIGHT)
+        .unwrap()
 }
 
-/// The child's host loop around the core `Outbox`, in the crash-safe order:
-/// events first (every `Dropped` journaled and synced), then the storage
-/// operations (so a dropped batch leaves the spool only once its drop is on
-/// record), then one send, and again until nothing is left to do.
-struct Host {
+/// The driver's journal: every `Dropped` (and `Queued`) event written and
+/// synced before the driver applies the storage operations of its round,
+/// so a dropped batch leaves the spool only once its drop is on record.
+struct DropJournal {
     cycle: u64,
-    outbox: Outbox,
-    spool: FileSpool,
-    transport: TcpTransport,
-    journal: Journal,
+    journal: Arc<Mutex<Journal>>,
     /// A pause after drops are on record, before their removes.
     window: StdDuration,
 }
 
-impl Host {
-    fn journal_events(&mut self) {
+impl EventJournal for DropJournal {
+    fn record(&mut self, events: &[DeliveryEvent]) -> std::io::Result<()> {
         let mut lines = String::new();
         let mut drops = false;
-        while let Some(e) = self.outbox.poll_event() {
+        for e in events {
             match e {
                 DeliveryEvent::Dropped {
                     batch_id, reason, ..
@@ -251,60 +219,21 @@ impl Host {
                         DropReason::Rejected => DROPPED_REJECTED,
                         _ => DROPPED_OTHER,
                     };
-                    lines.push_str(&line(kind, seq_of(batch_id)));
+                    lines.push_str(&line(kind, seq_of(*batch_id)));
                     drops = true;
                 }
                 DeliveryEvent::Queued { .. } => lines.push_str(&line(QUEUED, self.cycle)),
                 _ => {}
             }
         }
-        self.journal.write(&lines);
+        self.journal.lock().unwrap().write(&lines);
         if drops {
             // Widen the window between a drop on record and its `Remove`,
             // so that kills land there: a host that applied the `Remove`
             // first would lose the report here.
             std::thread::sleep(self.window);
         }
-    }
-
-    fn apply_storage(&mut self) {
-        while let Some(op) = self.outbox.poll_storage() {
-            match op {
-                StorageOp::Persist { batch_id, frame } => {
-                    self.spool.persist(batch_id, &frame).unwrap();
-                }
-                StorageOp::Remove { batch_id } => self.spool.remove(batch_id).unwrap(),
-                other => panic!("unexpected storage operation {other:?}"),
-            }
-        }
-    }
-
-    /// Drains the outbox after an input. Ends: each send either removes its
-    /// batch (delivered, rejected) or puts the tenant offline with its next
-    /// attempt strictly later (the service never throttles).
-    fn settle(&mut self, now: DateTime<Utc>) {
-        loop {
-            self.journal_events();
-            self.apply_storage();
-            let Some(tx) = self.outbox.poll_transmit(now) else {
-                break;
-            };
-            let outcome = self.transport.send(&tx);
-            self.outbox
-                .handle_outcome(now, tx.batch_id, outcome)
-                .unwrap();
-        }
-    }
-
-    fn push(&mut self, now: DateTime<Utc>, seq: u64) {
-        self.outbox.handle_timeout(now);
-        self.outbox.push(now, frame(seq, 2, 40)).unwrap();
-        // Drops the push caused (its own included), then its persist: only
-        // then is it pushed, before it may be sent.
-        self.journal_events();
-        self.apply_storage();
-        self.journal.write(&line(PUSHED, seq));
-        self.settle(now);
+        Ok(())
     }
 }
 
@@ -339,7 +268,6 @@ fn crash_child() {
         .collect();
     let mut frames = Vec::new();
     spool.load(&mut |bytes| frames.push(bytes)).unwrap();
-    let mut kept = Vec::new();
     let mut completed = String::new();
     for bytes in frames {
         let head: &[u8; FIXED_HEADER_LEN] = bytes[..FIXED_HEADER_LEN].try_into().unwrap();
@@ -347,162 +275,97 @@ fn crash_child() {
         if committed.contains(&seq_of(id)) {
             spool.remove(id).unwrap();
             completed.push_str(&line(COMPLETED, seq_of(id)));
-        } else {
-            kept.push(bytes);
         }
     }
     journal.write(&completed);
+    let journal = Arc::new(Mutex::new(journal));
     // A clock of our own: a month per cycle, ten minutes per push, so an
     // unreachable service is past the two-hour cache window in 12 pushes.
-    let mut now = t0() + Duration::days(30 * i64::try_from(cycle).unwrap());
-    let (outbox, report) = Outbox::recover(policy(limit_bytes), SEED ^ cycle, now, kept, &limits());
-    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.duplicates, 0);
-    let mut host = Host {
+    let start = t0() + Duration::days(30 * i64::try_from(cycle).unwrap());
+    let clock_ms = Arc::new(AtomicI64::new(start.timestamp_millis()));
+    let c = Arc::clone(&clock_ms);
+    let clock: opsdata_io::Clock =
+        Arc::new(move || DateTime::from_timestamp_millis(c.load(Ordering::SeqCst)).unwrap());
+    let settings = AgentSettings::new(policy(limit_bytes), SEED ^ cycle)
+        .with_limits(limits())
+        .with_clock(Arc::clone(&clock));
+    let transport = HttpsTransport::new(
+        HttpsSettings::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "localhost",
+            load_certificates(&dir.join("service-ca.pem")).unwrap(),
+        )
+        .unwrap()
+        .with_connect_timeout(StdDuration::from_secs(2))
+        .unwrap()
+        .with_request_timeout(StdDuration::from_secs(5))
+        .unwrap(),
+        PemIdentity::new(dir.join("agent.pem"), dir.join("agent.key")),
+    );
+    let drop_journal = DropJournal {
         cycle,
-        outbox,
-        spool,
-        transport: TcpTransport {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            conn: None,
-        },
-        journal,
+        journal: Arc::clone(&journal),
         window: if drain {
             StdDuration::ZERO
         } else {
             CRASH_WINDOW
         },
     };
-    // Recovery's drops are journaled before their removes are applied.
-    host.settle(now);
-    if drain {
-        // The service is reachable: everything goes out now, or on the
-        // retry schedule should a send fail.
-        for _ in 0..1000 {
-            if host.outbox.held_batches() == 0 {
-                break;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        // Recovery's drops are journaled before their removes are applied
+        // (the driver's first round).
+        let (mut agent, report) =
+            AsyncAgent::start_with_journal(settings, transport, spool, drop_journal)
+                .await
+                .unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert_eq!(report.duplicates, 0);
+        if drain {
+            // The service is reachable: everything goes out now, or on the
+            // retry schedule should a send fail.
+            for _ in 0..10_000 {
+                let status = agent.status().await.unwrap();
+                if status.held_batches == 0 {
+                    break;
+                }
+                if status.in_flight == 0 {
+                    let now = clock();
+                    let next = status.next_timeout.unwrap_or(now).max(now);
+                    clock_ms.store(next.timestamp_millis(), Ordering::SeqCst);
+                    agent.handle().wake();
+                }
+                tokio::time::sleep(StdDuration::from_millis(2)).await;
             }
-            now = host.outbox.poll_timeout().unwrap_or(now).max(now);
-            host.outbox.handle_timeout(now);
-            host.settle(now);
+            assert_eq!(agent.status().await.unwrap().held_batches, 0, "drained");
+            let spool = agent.shutdown().await.unwrap();
+            assert!(spool.is_empty());
+            return;
         }
-        assert_eq!(host.outbox.held_batches(), 0, "drained");
-        assert!(host.spool.is_empty());
-        return;
-    }
-    for i in 0..SEQ_STRIDE {
-        now += Duration::minutes(10);
-        host.push(now, cycle * SEQ_STRIDE + i);
-    }
+        for i in 0..SEQ_STRIDE {
+            clock_ms.fetch_add(Duration::minutes(10).num_milliseconds(), Ordering::SeqCst);
+            let seq = cycle * SEQ_STRIDE + i;
+            // Returns once the frame is persisted (or dropped at its push,
+            // its drop journaled): only then is it pushed.
+            agent.push(frame(seq, 2, 40)).await.unwrap();
+            journal.lock().unwrap().write(&line(PUSHED, seq));
+        }
+    });
 }
 
 // ---------------------------------------------------------------- parent
 
-fn validity(p: &mut CertificateParams) {
-    let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    let secs = |t: DateTime<Utc>| StdDuration::from_secs(u64::try_from(t.timestamp()).unwrap());
-    p.not_before = epoch + secs(t0() - Duration::days(1));
-    p.not_after = epoch + secs(t0() + Duration::days(30));
-}
-
-/// The agent's principal, from a certificate made here and checked by the
-/// enrollment CA, as the TLS service would.
-fn principal() -> Principal {
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "crash test enrollment CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut ca);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common::TENANT);
-    dn.push(
-        DnType::CustomDnType(vec![2, 5, 4, 3]),
-        "5b1f8ac2-6a3e-4b5f-9f0e-2d9c1f7a6e11",
-    );
-    dn.push(DnType::OrganizationalUnitName, "Linux Monitoring Agent");
-    p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    validity(&mut p);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap().der().clone();
-    let ca = EnrollmentCa::new(std::slice::from_ref(&ca_der)).unwrap();
-    ca.authenticate(std::slice::from_ref(&cert), t0()).unwrap()
-}
-
-struct Service {
-    ingest: Ingest,
-    ring: KeyRing,
-    entropy: DeterministicEntropy,
-    store: MemoryBlobStore,
-    principal: Principal,
-}
-
-fn ring() -> KeyRing {
-    let mut e = DeterministicEntropy::from_u64(1);
-    let mut r = KeyRing::new(tenant(), &RotationPolicy::default());
-    let k = r.generate(&mut e, t0()).unwrap();
-    r.promote(k, t0()).unwrap();
-    r
-}
-
-/// Serves one connection: reads frames (the header says the length),
-/// ingests each, answers each.
-fn serve(mut conn: TcpStream, service: &Mutex<Service>) {
-    let max = spool_config().max_frame_len();
-    loop {
-        let mut head = [0u8; FIXED_HEADER_LEN];
-        if conn.read_exact(&mut head).is_err() {
-            return;
-        }
-        let Ok(header) = FrameHeader::parse(&head) else {
-            let ack = Ack {
-                batch_id: None,
-                outcome: Outcome::Rejected,
-            };
-            let _ = conn.write_all(&ack.encode());
-            return;
-        };
-        let len = header.frame_len() as u64;
-        if len > max {
-            return;
-        }
-        let mut bytes = vec![0u8; usize::try_from(len).unwrap()];
-        bytes[..FIXED_HEADER_LEN].copy_from_slice(&head);
-        if conn.read_exact(&mut bytes[FIXED_HEADER_LEN..]).is_err() {
-            // The child was killed mid-frame.
-            return;
-        }
-        let outcome = if rejected(seq_of(header.batch_id)) {
-            // Refused for good, as for bad data; never stored.
-            Outcome::Rejected
-        } else {
-            let mut s = service.lock().unwrap();
-            let s = &mut *s;
-            let report = s
-                .ingest
-                .handle_request(t0(), &s.principal, &mut s.ring, &mut s.entropy, &bytes)
-                .unwrap();
-            while let Some(op) = s.ingest.poll_store() {
-                apply_store_op(&mut s.store, &op).unwrap();
-            }
-            report
-                .answers
-                .first()
-                .map_or(Outcome::Transient, |a| a.outcome)
-        };
-        let ack = Ack {
-            batch_id: Some(header.batch_id),
-            outcome,
-        };
-        if conn.write_all(&ack.encode()).is_err() {
-            return;
-        }
-    }
+/// The agent's certificate and key and the service's CA, in the files
+/// the child reads (`PemIdentity`, `load_certificates`).
+fn write_credentials(dir: &Path, pki: &Pki) {
+    let agent = pki.agent(common::TENANT);
+    fs::write(dir.join("agent.pem"), &agent.pem).unwrap();
+    fs::write(dir.join("agent.key"), &agent.key_pem).unwrap();
+    fs::write(dir.join("service-ca.pem"), &pki.service_ca.pem).unwrap();
 }
 
 fn dead_port() -> u16 {
@@ -555,25 +418,22 @@ fn crash_cycles() {
         dir.display()
     );
 
-    let ingest = Ingest::new(IngestConfig::default().with_limits(limits()));
-    let service = Arc::new(Mutex::new(Service {
-        ingest,
-        ring: ring(),
-        entropy: DeterministicEntropy::from_u64(2),
-        store: MemoryBlobStore::new(),
-        principal: principal(),
-    }));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    {
-        let service = Arc::clone(&service);
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let service = Arc::clone(&service);
-                std::thread::spawn(move || serve(conn, &service));
-            }
-        });
-    }
+    // The service: HTTPS (mutual TLS, the core's `Ingest`) on a runtime of
+    // the parent's; it refuses the `rejected` batches for good.
+    let pki = Pki::new();
+    write_credentials(&dir, &pki);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = State::rejecting(&pki, limits(), |id| rejected(seq_of(id)));
+    let server = rt.block_on(IngestServer::start(
+        &pki,
+        Arc::clone(&state),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    ));
+    let port = server.addr.port();
 
     let big = spool_config().outbox_limit_bytes();
     let mut rng = Rng(SEED);
@@ -638,10 +498,11 @@ fn crash_cycles() {
     }
     let dropped: BTreeSet<u64> = dropped_full.union(&dropped_rejected).copied().collect();
     // What the service stored.
-    let s = service.lock().unwrap();
+    let s = state.store.lock().unwrap();
+    let ring = &s.rings[&tenant()];
     let mut delivered = BTreeSet::new();
-    for object in opsdata::BlobStore::list(&s.store, tenant()).unwrap() {
-        let f = read_back(&s.store, tenant(), object, &s.ring, &limits())
+    for object in opsdata::BlobStore::list(&s.blobs, tenant()).unwrap() {
+        let f = read_back(&s.blobs, tenant(), object, ring, &limits())
             .unwrap()
             .unwrap();
         let seqs = seqs_of(&f);
@@ -651,6 +512,7 @@ fn crash_cycles() {
     }
     let stats = s.ingest.stats(tenant());
     drop(s);
+    rt.block_on(server.stop());
     let report = format!(
         "seed {SEED:#x}: {kills} kills ({offline_cycles} offline, {small_cycles} with a small \
          outbox, {} queued), {} pushed, {} delivered, {} dropped ({} queue full, {} rejected), \
@@ -712,16 +574,18 @@ fn crash_cycles() {
     }
     // Both stored and dropped: only a batch the service took whose
     // acknowledgement a kill cut off, evicted after the restart (a rejected
-    // one is never stored). A kill cuts off at most one send, whose batch is
-    // then either resent (a duplicate for the ingest) or so dropped.
+    // one is never stored). A kill cuts off at most the `MAX_IN_FLIGHT`
+    // sends in flight (the stop-and-wait agent had one), whose batches are
+    // then either resent (duplicates for the ingest) or so dropped.
     let both: Vec<u64> = delivered.intersection(&dropped).copied().collect();
     assert!(
         both.iter().all(|q| dropped_full.contains(q)),
         "{report}: stored and rejected {both:?}"
     );
     assert!(
-        stats.duplicates + both.len() as u64 <= kills,
-        "{report}: {} duplicates and {both:?} both stored and dropped, for {kills} kills",
+        stats.duplicates + both.len() as u64 <= kills * u64::from(MAX_IN_FLIGHT),
+        "{report}: {} duplicates and {both:?} both stored and dropped, for {kills} kills \
+         of {MAX_IN_FLIGHT} requests in flight at most",
         stats.duplicates
     );
     assert_eq!(stats.frames as usize, delivered.len(), "{report}");

@@ -47,9 +47,7 @@ pub use serve::{ServeConfig, ServeError, serve, serve_app};
 use metrics::Metrics;
 use tenants::{EntropySource, Erased, KeyVault, Tenants, lock};
 
-/// Where the service gets the time: each connection's certificate check,
-/// each request's expiry check, each frame.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub use crate::clock::Clock;
 
 /// The ingest service: see the module docs. Cheap to clone (an `Arc`).
 pub struct IngestService<B> {

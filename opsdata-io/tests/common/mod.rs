@@ -2,6 +2,10 @@
 //! counter name carries a sequence number, codec none so sizes are exact.
 #![allow(dead_code)]
 
+#[path = "../../examples/support/pki.rs"]
+pub mod pki;
+pub mod server;
+
 use chrono::{DateTime, TimeZone, Utc};
 use opsdata::{
     BatchId, Codec, DataType, Frame, FrameEncoder, Performance, Record, Tagged, TenantBatch,
@@ -61,4 +65,15 @@ pub fn seqs_of(frame: &Frame) -> Vec<u64> {
             other => panic!("unexpected record {other:?}"),
         })
         .collect()
+}
+
+/// An empty Alert frame of `tenant`, batch id from `seq`.
+pub fn frame_of(tenant: TenantId, seq: u64) -> Frame {
+    FrameEncoder::new()
+        .encode_frame(
+            &TenantBatch::new(tenant, DataType::Alert),
+            batch_id(seq),
+            t0(),
+        )
+        .unwrap()
 }
