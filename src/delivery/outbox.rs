@@ -297,6 +297,9 @@ impl Outbox {
         (outbox, report)
     }
 
+    /// `now`, or the latest time seen if that is later, recorded: call it
+    /// only once a call can no longer fail (a refused call leaves the clock
+    /// alone, ARCHITECTURE.md).
     fn observe(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
         let now = self.latest.map_or(now, |l| l.max(now));
         self.latest = Some(now);
@@ -318,9 +321,9 @@ impl Outbox {
     /// # Errors
     ///
     /// [`DeliveryError::DuplicateBatch`], handing the frame back, if a batch
-    /// with its id is already held. Nothing changes.
+    /// with its id is already held. Nothing changes, `now` included (it is
+    /// not recorded as seen).
     pub fn push(&mut self, now: DateTime<Utc>, frame: Frame) -> Result<(), DeliveryError> {
-        let now = self.observe(now);
         let batch_id = frame.batch_id();
         if self.batches.contains_key(&batch_id) {
             return Err(DeliveryError::DuplicateBatch {
@@ -328,6 +331,7 @@ impl Outbox {
                 frame: Box::new(frame),
             });
         }
+        let now = self.observe(now);
         self.insert(now, frame, true);
         Ok(())
     }
@@ -613,14 +617,13 @@ impl Outbox {
     ///
     /// [`DeliveryError::UnknownBatch`] if the batch is not held,
     /// [`DeliveryError::NotInFlight`] if it is held but was not sent.
-    /// Nothing changes.
+    /// Nothing changes, `now` included (it is not recorded as seen).
     pub fn handle_outcome(
         &mut self,
         now: DateTime<Utc>,
         batch_id: BatchId,
         outcome: Outcome,
     ) -> Result<(), DeliveryError> {
-        let now = self.observe(now);
         let h = self
             .batches
             .get(&batch_id)
@@ -629,6 +632,8 @@ impl Outbox {
             return Err(DeliveryError::NotInFlight { batch_id });
         }
         let tenant = h.tenant;
+        // Only now, past the checks: a refused outcome records no time.
+        let now = self.observe(now);
         match outcome {
             Outcome::Delivered => {
                 if let Some(h) = self.remove(batch_id) {
