@@ -98,6 +98,10 @@ mod auth;
 mod delivery;
 mod export;
 mod frame;
+// The fuzz targets' logic: only with the `fuzzing` feature, so users'
+// builds never compile it (fuzz/Cargo.toml and tests/fuzz_corpus.rs enable
+// it).
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 mod incident;
