@@ -205,6 +205,9 @@ impl fmt::Display for LossReason {
             LossReason::Delivery(DropReason::QueueFull) => f.write_str("agent queue full"),
             LossReason::Delivery(DropReason::Rejected) => f.write_str("rejected by the service"),
             LossReason::Delivery(DropReason::Expired) => f.write_str("expired before delivery"),
+            LossReason::Delivery(DropReason::Corrupt) => {
+                f.write_str("damaged in the agent's spool")
+            }
             LossReason::Ingest => f.write_str("not stored by the service"),
             LossReason::Storage => f.write_str("lost from storage"),
         }

@@ -136,10 +136,10 @@ pub use export::{
     PAGE_TOKEN_LEN, Page, Pager, PagingKey, csv_header,
 };
 pub use frame::{
-    BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,
+    BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Damage, Decoded,
     FIXED_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, Frame, FrameDecoder, FrameEncoder, FrameError,
-    FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
-    UNSEALED_OVERHEAD,
+    FrameHeader, FrameLimits, FrameScan, PayloadReader, Resynced, SCHEMA_VERSION, SEAL_SECTION_LEN,
+    SealSection, UNSEALED_OVERHEAD, scan_frames,
 };
 pub use incident::{
     Incident, IncidentError, IncidentId, IncidentStage, LedgerPolicy, Loss, LossLedger, LossReason,

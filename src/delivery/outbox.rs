@@ -1,15 +1,17 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
     DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, PhaseCounts,
     StorageOp, TenantStatus, Transmit,
 };
-use crate::frame::{BatchId, Frame, FrameError, FrameLimits};
+use crate::frame::{BatchId, Frame};
 use crate::record::DataType;
 use crate::tenant::TenantId;
+
+mod recover;
+pub use recover::RecoveryReport;
 
 /// A key ordering batches for eviction: drop rank first, then age.
 type EvictKey = (u8, u64, BatchId);
@@ -155,24 +157,6 @@ impl Jitter {
     }
 }
 
-/// What [`Outbox::recover`] found in the spool.
-#[derive(Debug, Default)]
-pub struct RecoveryReport {
-    /// Frames held by the outbox once recovery is done.
-    pub recovered: usize,
-    /// Frames read back but dropped: already past their data type's
-    /// `expire_after`, or beyond what the policy's limits hold (by the drop
-    /// order, as for pushes). Each has a
-    /// [`DeliveryEvent::Dropped`] event and a [`StorageOp::Remove`], so the
-    /// spool lets go of it and the next restart does not report it again.
-    pub dropped: usize,
-    /// Frames skipped because they failed their checks, by position in the
-    /// input, with the reason. The host should move them aside.
-    pub skipped: Vec<(usize, FrameError)>,
-    /// Frames skipped because their batch id was already recovered.
-    pub duplicates: usize,
-}
-
 /// The sans-I/O retry / cache / queue / drop-priority state machine.
 ///
 /// **Inputs**: [`push`](Outbox::push) a frame,
@@ -255,46 +239,6 @@ impl Outbox {
             events: VecDeque::new(),
             storage: VecDeque::new(),
         }
-    }
-
-    /// Rebuilds an outbox from the frames a spool holds (in the order they
-    /// were persisted), without asking to persist them again. Frames that
-    /// fail their checks are skipped and reported, never a reason to refuse
-    /// to start; a batch id seen twice is kept once. If the frames pass the
-    /// policy's limits, the drop order applies as for pushes, and each frame
-    /// dropped, refused or evicted, gets a [`StorageOp::Remove`] so that the
-    /// spool ends up holding exactly what the outbox holds. Every tenant
-    /// starts online. Drain the result as after any input: the recovered
-    /// batches have no timer, so [`poll_transmit`](Outbox::poll_transmit)
-    /// is what starts them.
-    #[must_use]
-    pub fn recover(
-        policy: DeliveryPolicy,
-        seed: u64,
-        now: DateTime<Utc>,
-        frames: impl IntoIterator<Item = Bytes>,
-        limits: &FrameLimits,
-    ) -> (Outbox, RecoveryReport) {
-        let mut outbox = Outbox::new(policy, seed);
-        let now = outbox.observe(now);
-        let mut report = RecoveryReport::default();
-        let mut seen = BTreeSet::new();
-        let mut taken = 0;
-        for (index, bytes) in frames.into_iter().enumerate() {
-            match Frame::decode(bytes, limits) {
-                Err(e) => report.skipped.push((index, e)),
-                Ok(frame) if !seen.insert(frame.batch_id()) => {
-                    report.duplicates += 1;
-                }
-                Ok(frame) => {
-                    outbox.insert(now, frame, false);
-                    taken += 1;
-                }
-            }
-        }
-        report.recovered = outbox.batches.len();
-        report.dropped = taken - report.recovered;
-        (outbox, report)
     }
 
     /// `now`, or the latest time seen if that is later, recorded: call it

@@ -16,6 +16,7 @@ mod decode;
 mod encode;
 mod header;
 mod payload;
+mod resync;
 
 use std::fmt;
 
@@ -30,6 +31,7 @@ pub use decode::{Decoded, FrameDecoder};
 pub use encode::{Frame, FrameEncoder};
 pub use header::{FrameHeader, SealSection};
 pub use payload::PayloadReader;
+pub use resync::{Damage, FrameScan, Resynced, scan_frames};
 
 /// The four bytes every frame starts with: `\x89OPS`.
 pub const FRAME_MAGIC: [u8; 4] = [0x89, b'O', b'P', b'S'];
