@@ -133,7 +133,7 @@ pub use delivery::{
 };
 pub use export::{
     CUSTOM_FIELDS_COLUMN, CsvExport, ExportContinuation, ExportError, ExportSummary,
-    PAGE_TOKEN_LEN, Page, Pager, PagingKey, csv_header,
+    PAGE_TOKEN_LEN, Page, Pager, PagingKey, SavedPagingKeys, csv_header,
 };
 pub use frame::{
     BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Damage, Decoded,

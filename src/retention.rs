@@ -92,6 +92,8 @@ use crate::keys::{KeyCensus, KeyError, KeyId, KeyRing, ShredReceipt};
 use crate::record::DataType;
 use crate::tenant::TenantId;
 
+mod state;
+
 /// A workspace's pricing plan: it sets how long its raw data is kept (the
 /// table in [`RetentionPolicy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -139,6 +141,13 @@ pub enum ObjectKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RetentionError {
+    /// Text given to [`Workspace::restore`] that is not a saved workspace
+    /// or breaks one of its rules (`docs/STATE.md`).
+    #[error("not a valid saved workspace: {reason}")]
+    State {
+        /// The rule broken.
+        reason: &'static str,
+    },
     /// A period that is zero or negative.
     #[error("{setting} must be positive, not {period}")]
     NotPositive {
