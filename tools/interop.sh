@@ -36,9 +36,22 @@ PY
 
 "$python" "$py" selftest
 checked=0
-for type in alert configuration event metadata performance state; do
-    # One golden record of the type, plus an edited copy, as JSON Lines.
-    "$python" - "tests/data/records/$type.json" > "$tmp/in.jsonl" <<'PY'
+# The records a `decode` output holds are the JSON Lines given (as values).
+records_are() {
+    "$python" - "$1" "$2" <<'PY'
+import json, sys
+got = [r for line in open(sys.argv[1], encoding="utf-8") for r in json.loads(line)["records"]]
+want = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
+if got != want:
+    sys.exit(f"records differ:\n{got}\n{want}")
+PY
+}
+
+for golden in tests/data/records/*.json tests/data/records/full/*.json; do
+    type=$(basename "$golden" .json)
+    # One golden record of the type (the full ones set every optional
+    # field), plus an edited copy, as JSON Lines.
+    "$python" - "$golden" > "$tmp/in.jsonl" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1], encoding="utf-8"))
 print(json.dumps(r, separators=(",", ":"), ensure_ascii=False))
@@ -56,6 +69,9 @@ PY
         same "$tmp/rust-by-py.json" "$tmp/rust-by-rust.json"
         same "$tmp/py-by-rust.json" "$tmp/py-by-py.json"
         same "$tmp/rust-by-rust.json" "$tmp/py-by-rust.json"
+        # And opsf.py reads back exactly the records framed, every field.
+        records_are "$tmp/rust-by-py.json" "$tmp/in.jsonl"
+        records_are "$tmp/py-by-py.json" "$tmp/in.jsonl"
         checked=$((checked + 1))
     done
 done
