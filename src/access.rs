@@ -866,8 +866,15 @@ impl SessionStore {
         &self.policy
     }
 
+    /// `now`, or the latest time seen if that is later; not recorded.
+    fn seen(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.latest.map_or(now, |l| l.max(now))
+    }
+
+    /// [`seen`](Self::seen), recorded: only for a call that succeeds (a
+    /// refused call records no time, ARCHITECTURE.md).
     fn clock(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let now = self.latest.map_or(now, |l| l.max(now));
+        let now = self.seen(now);
         self.latest = Some(now);
         now
     }
@@ -891,28 +898,35 @@ impl SessionStore {
     ///
     /// [`AccessError::Entropy`] if the source fails;
     /// [`AccessError::TooManySessions`] if the store is full of live
-    /// sessions.
+    /// sessions. Nothing changes on error: no session is evicted and `now`
+    /// is not recorded as seen.
     pub fn create(
         &mut self,
         now: DateTime<Utc>,
         user: UserId,
         entropy: &mut (impl Entropy + ?Sized),
     ) -> Result<SessionId, AccessError> {
-        let now = self.clock(now);
-        self.evict_expired(now);
-        if self.sessions.len() >= self.policy.max_sessions {
+        // Every check before any change: a refused create evicts nothing
+        // and records no time (ARCHITECTURE.md).
+        let now = self.seen(now);
+        let none_expired = self
+            .by_activity
+            .first()
+            .is_none_or(|&(last_active, _)| now < self.expires(last_active));
+        if self.sessions.len() >= self.policy.max_sessions && none_expired {
             return Err(AccessError::TooManySessions {
                 max: self.policy.max_sessions,
             });
         }
         // A repeated 128-bit lookup key means a broken entropy source; draw
-        // again a few times rather than replace a live session.
+        // again a few times rather than replace a session held.
         for _ in 0..4 {
             let id = SessionId::generate(entropy)?;
             let (lookup, verifier) = id.digest();
             if self.sessions.contains_key(&lookup) {
                 continue;
             }
+            self.evict_expired(now);
             self.sessions.insert(
                 lookup,
                 Session {
@@ -957,10 +971,12 @@ impl SessionStore {
     ///
     /// [`AccessError::UnknownSession`] if no session has this id;
     /// [`AccessError::SessionExpired`] if it has expired (it is ended, so a
-    /// second call says `UnknownSession`).
+    /// second call says `UnknownSession`: the one change an error makes).
+    /// `now` is not recorded as seen on error.
     pub fn touch(&mut self, now: DateTime<Utc>, id: &SessionId) -> Result<UserId, AccessError> {
-        let now = self.clock(now);
+        let now = self.seen(now);
         let (lookup, user) = self.live(now, id)?;
+        self.latest = Some(now);
         // `live` found it.
         let s = self.sessions.get_mut(&lookup).expect("live session");
         let before = s.last_active;
@@ -977,8 +993,10 @@ impl SessionStore {
     ///
     /// As [`touch`](Self::touch).
     pub fn check(&mut self, now: DateTime<Utc>, id: &SessionId) -> Result<UserId, AccessError> {
-        let now = self.clock(now);
-        self.live(now, id).map(|(_, user)| user)
+        let now = self.seen(now);
+        let (_, user) = self.live(now, id)?;
+        self.latest = Some(now);
+        Ok(user)
     }
 
     /// Ends session `id` (sign-out). Returns whether it was held.

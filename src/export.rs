@@ -22,6 +22,10 @@ use crate::keys::{Entropy, EntropyUnavailable, KeyMaterial};
 use crate::record::{CustomFields, DataType, Event, Record};
 use crate::tenant::{Tagged, TenantId};
 
+mod paging_keys;
+use paging_keys::Retired;
+pub use paging_keys::SavedPagingKeys;
+
 /// The name of the Event CSV column that holds an event's custom fields, as
 /// one compact JSON object (`{}` when there are none).
 pub const CUSTOM_FIELDS_COLUMN: &str = "CustomFields";
@@ -152,6 +156,13 @@ pub fn csv_header(data_type: DataType) -> &'static [&'static str] {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExportError {
+    /// Text given to [`Pager::with_saved_keys`] that is not saved paging
+    /// keys or breaks one of their rules (`docs/STATE.md`).
+    #[error("not valid saved paging keys: {reason}")]
+    State {
+        /// The rule broken.
+        reason: &'static str,
+    },
     /// A record of another tenant was offered. Nothing of it was written.
     #[error("row {row}: record of tenant {found}, exporting tenant {expected}")]
     TenantMismatch {
@@ -820,6 +831,9 @@ pub(crate) fn decode_token(key: &PagingKey, text: &str) -> Result<TokenFields, E
 #[derive(Debug)]
 pub struct Pager {
     key: PagingKey,
+    /// Keys rotated away, oldest first, kept while tokens they signed may
+    /// still be valid ([`Pager::rotate`]).
+    retired: Vec<Retired>,
     page_size: usize,
     max_token_age: Duration,
 }
@@ -844,6 +858,7 @@ impl Pager {
     pub fn new(key: PagingKey) -> Self {
         Pager {
             key,
+            retired: Vec::new(),
             page_size: Self::DEFAULT_PAGE_SIZE,
             max_token_age: Self::DEFAULT_MAX_TOKEN_AGE,
         }
@@ -991,7 +1006,7 @@ impl Pager {
         hash: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<u64, ExportError> {
-        let fields = decode_token(&self.key, text)?;
+        let fields = self.decode_any(text, now)?;
         // The tag verified: from here on the fields are the service's own.
         if fields.version != TOKEN_VERSION {
             return Err(ExportError::TokenVersion {

@@ -287,14 +287,13 @@ pub fn sealed_open(data: &[u8]) {
 ///
 /// [`Outbox::recover`]: crate::delivery::Outbox::recover
 pub fn outbox_ops(data: &[u8]) {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     use bytes::Bytes;
     use chrono::{DateTime, Duration};
 
     use crate::delivery::{DeliveryEvent, DeliveryPolicy, Outbox, Outcome, StorageOp};
-    use crate::frame::{BatchId, Codec, FrameEncoder, FrameLimits};
-    use crate::tenant::{Tagged, TenantBatch, TenantId};
+    use crate::frame::{BatchId, FIXED_HEADER_LEN, Frame, FrameHeader, FrameLimits};
 
     let Some((&[seed, limits, expire], ops)) = data.split_first_chunk::<3>() else {
         return;
@@ -324,37 +323,50 @@ pub fn outbox_ops(data: &[u8]) {
     let (limit, limit_batches) = (policy.limit_bytes(), policy.limit_batches());
     let frame_limits = FrameLimits::default();
     let mut outbox = Outbox::new(policy.clone(), u64::from(seed));
-    // Uncompressed, so that a frame's size follows its record count.
-    let mut encoder = FrameEncoder::new().with_codec(Codec::None);
     let mut now = DateTime::from_timestamp(1_800_000_000, 0).expect("in range");
     let mut next_id = 0u128;
-    let mut pushed = BTreeSet::new();
-    let mut terminal: BTreeMap<BatchId, &'static str> = BTreeMap::new();
+    // Batch ids are 1, 2, … in push order: per id (index id - 1), whether
+    // it finished (a terminal event) and where the spool holds it (0: not
+    // held). Plain vectors, not maps: the harness's bookkeeping stays out
+    // of the way of the outbox's own work.
+    let mut finished: Vec<bool> = Vec::new();
+    let mut finished_count = 0usize;
+    let mut spooled: Vec<u64> = Vec::new();
+    let mut spooled_count = 0usize;
+    let index = |id: BatchId, pushed: u128| -> usize {
+        let n = id.as_uuid().as_u128();
+        assert!((1..=pushed).contains(&n), "a batch never pushed");
+        usize::try_from(n - 1).expect("at most 400 pushes")
+    };
     let mut in_flight: Vec<BatchId> = Vec::new();
     // The spool: frames by persist order, and each id's place in it.
     let mut spool: BTreeMap<u64, (BatchId, Bytes)> = BTreeMap::new();
-    let mut spooled: BTreeMap<BatchId, u64> = BTreeMap::new();
     let mut spool_seq = 0u64;
     let mut crashes = 0;
     for chunk in ops.chunks(2).take(400) {
         let (op, arg) = (chunk[0], chunk.get(1).copied().unwrap_or(0));
         match op % 7 {
             0 => {
-                let tenant =
-                    TenantId::new(uuid::Uuid::from_u128(u128::from(arg % 3) + 1)).expect("not nil");
-                let data_type = DataType::ALL[usize::from(arg / 3) % 6];
-                let records = (0..(arg / 18) % 4)
-                    .filter_map(|i| sample_record(data_type, now, i))
-                    .map(|r| Tagged::new(tenant, r));
-                let batch = TenantBatch::from_records(tenant, data_type, records)
-                    .expect("records of the batch's tenant and type");
+                let (template_header, template) =
+                    outbox_template(arg % 3, arg / 3 % 6, (arg / 18) % 4);
                 next_id += 1;
                 let id = BatchId::new(uuid::Uuid::from_u128(next_id)).expect("not nil");
-                let frame = encoder
-                    .encode_frame(&batch, id, now)
-                    .expect("a small batch encodes");
+                // The template with this push's id and time, and so its
+                // header CRC: a valid frame (every recovery decodes the
+                // spooled ones again, with all their checks).
+                let header = FrameHeader {
+                    batch_id: id,
+                    created: now,
+                    ..*template_header
+                };
+                let mut bytes = template.to_vec();
+                bytes[..FIXED_HEADER_LEN].copy_from_slice(&header.encode());
+                let crc = crc32fast::hash(&bytes[..FIXED_HEADER_LEN]);
+                bytes[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4].copy_from_slice(&crc.to_be_bytes());
+                let frame = Frame::from_checked(header, Bytes::from(bytes));
                 outbox.push(now, frame).expect("ids are unique");
-                pushed.insert(id);
+                finished.push(false);
+                spooled.push(0);
             }
             1 => {
                 if let Some(tx) = outbox.poll_transmit(now) {
@@ -405,29 +417,31 @@ pub fn outbox_ops(data: &[u8]) {
             match op {
                 StorageOp::Persist { batch_id, frame } => {
                     spool_seq += 1;
-                    assert!(
-                        spooled.insert(batch_id, spool_seq).is_none(),
-                        "persisted twice"
-                    );
+                    let i = index(batch_id, next_id);
+                    assert_eq!(spooled[i], 0, "persisted twice");
+                    spooled[i] = spool_seq;
+                    spooled_count += 1;
                     spool.insert(spool_seq, (batch_id, frame.into_bytes()));
                 }
                 StorageOp::Remove { batch_id } => {
-                    let seq = spooled.remove(&batch_id).expect("removed what is stored");
+                    let i = index(batch_id, next_id);
+                    let seq = std::mem::take(&mut spooled[i]);
+                    assert_ne!(seq, 0, "removed what is not stored");
+                    spooled_count -= 1;
                     spool.remove(&seq);
                 }
             }
         }
         while let Some(event) = outbox.poll_event() {
-            let (id, what) = match event {
-                DeliveryEvent::Delivered { batch_id, .. } => (batch_id, "delivered"),
-                DeliveryEvent::Dropped { batch_id, .. } => (batch_id, "dropped"),
+            let id = match event {
+                DeliveryEvent::Delivered { batch_id, .. }
+                | DeliveryEvent::Dropped { batch_id, .. } => batch_id,
                 _ => continue,
             };
-            assert!(pushed.contains(&id), "an event for a batch never pushed");
-            assert!(
-                terminal.insert(id, what).is_none(),
-                "two terminal events for one batch"
-            );
+            let i = index(id, next_id);
+            assert!(!finished[i], "two terminal events for one batch");
+            finished[i] = true;
+            finished_count += 1;
             in_flight.retain(|&b| b != id);
         }
         assert!(outbox.held_bytes() <= limit, "held bytes past the limit");
@@ -436,18 +450,68 @@ pub fn outbox_ops(data: &[u8]) {
             limit_batches.is_none_or(|n| held as u64 <= n),
             "held batches past the limit"
         );
-        assert_eq!(pushed.len(), terminal.len() + held, "a batch disappeared");
-        assert_eq!(spooled.len(), held, "the spool and the outbox disagree");
-        for id in &pushed {
-            let is_held = outbox.phase(*id).is_some();
-            assert_eq!(
-                terminal.contains_key(id),
-                !is_held,
-                "a batch both held and finished, or neither"
+        // Every batch pushed is either held or finished (one terminal
+        // event), never both or neither, and the spool holds exactly the
+        // batches held. Checked over the live set, O(held) per operation:
+        // the spooled ids are held, pushed (`index` checks) and not
+        // finished, and as many as the outbox holds, so they are the held
+        // set; with the counts, pushed = finished + held, disjoint.
+        let pushed = finished.len();
+        assert_eq!(pushed, finished_count + held, "a batch disappeared");
+        assert_eq!(spooled_count, held, "the spool and the outbox disagree");
+        for (id, _) in spool.values() {
+            assert!(outbox.phase(*id).is_some(), "spooled but not held");
+            assert!(
+                !finished[index(*id, next_id)],
+                "a batch both held and finished"
             );
-            assert_eq!(spooled.contains_key(id), is_held, "spooled but not held");
         }
     }
+}
+
+/// The frame `outbox_ops` pushes for tenant `tenant` (0–2), data type
+/// `data_type` (an index into [`DataType::ALL`]) and `records` records
+/// (0–3), with a placeholder batch id: encoded once a process (a pure
+/// function of its arguments), so that a push costs the outbox's work
+/// rather than JSON and CRCs. Uncompressed, so that a frame's size follows
+/// its record count.
+fn outbox_template(
+    tenant: u8,
+    data_type: u8,
+    records: u8,
+) -> &'static (crate::frame::FrameHeader, bytes::Bytes) {
+    use std::sync::OnceLock;
+
+    use bytes::Bytes;
+
+    use crate::frame::{BatchId, Codec, FrameEncoder, FrameHeader};
+    use crate::tenant::{Tagged, TenantBatch, TenantId};
+
+    static TEMPLATES: OnceLock<Vec<(FrameHeader, Bytes)>> = OnceLock::new();
+    let all = TEMPLATES.get_or_init(|| {
+        let mut encoder = FrameEncoder::new().with_codec(Codec::None);
+        let epoch = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("in range");
+        let id = BatchId::new(uuid::Uuid::from_u128(u128::MAX)).expect("not nil");
+        let mut all = Vec::with_capacity(3 * 6 * 4);
+        for tenant in 0..3u8 {
+            let t = TenantId::new(uuid::Uuid::from_u128(u128::from(tenant) + 1)).expect("not nil");
+            for data_type in DataType::ALL {
+                for n in 0..4 {
+                    let records = (0..n)
+                        .filter_map(|i| sample_record(data_type, epoch, i))
+                        .map(|r| Tagged::new(t, r));
+                    let batch = TenantBatch::from_records(t, data_type, records)
+                        .expect("records of the batch's tenant and type");
+                    let frame = encoder
+                        .encode_frame(&batch, id, epoch)
+                        .expect("a small batch encodes");
+                    all.push((*frame.header(), frame.into_bytes()));
+                }
+            }
+        }
+        all
+    });
+    &all[(usize::from(tenant) * 6 + usize::from(data_type)) * 4 + usize::from(records)]
 }
 
 /// A valid record of `data_type` (Performance, Metadata, Configuration: the

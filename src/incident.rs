@@ -12,6 +12,8 @@ use crate::delivery::{DeliveryEvent, DropReason};
 use crate::record::DataType;
 use crate::tenant::TenantId;
 
+mod state;
+
 /// The longest a customer may wait for a loss notice: 24 hours after the
 /// first loss of the incident. [`LedgerPolicy::with_notice_deadline`] may
 /// shorten it, never lengthen it.
@@ -205,6 +207,9 @@ impl fmt::Display for LossReason {
             LossReason::Delivery(DropReason::QueueFull) => f.write_str("agent queue full"),
             LossReason::Delivery(DropReason::Rejected) => f.write_str("rejected by the service"),
             LossReason::Delivery(DropReason::Expired) => f.write_str("expired before delivery"),
+            LossReason::Delivery(DropReason::Corrupt) => {
+                f.write_str("damaged in the agent's spool")
+            }
             LossReason::Ingest => f.write_str("not stored by the service"),
             LossReason::Storage => f.write_str("lost from storage"),
         }
@@ -577,6 +582,13 @@ pub enum IncidentError {
     EmptyPostMortem {
         /// The incident.
         id: IncidentId,
+    },
+    /// Text given to [`LossLedger::restore`] that is not a saved ledger or
+    /// breaks one of its rules (`docs/STATE.md`).
+    #[error("not a valid saved loss ledger: {reason}")]
+    State {
+        /// The rule broken.
+        reason: &'static str,
     },
     /// Closing with a post-mortem longer than [`MAX_POST_MORTEM_BYTES`].
     #[error("{id}: a post-mortem of {bytes} bytes is longer than the {max} allowed")]

@@ -98,6 +98,10 @@ mod auth;
 mod delivery;
 mod export;
 mod frame;
+// The fuzz targets' logic: only with the `fuzzing` feature, so users'
+// builds never compile it (fuzz/Cargo.toml and tests/fuzz_corpus.rs enable
+// it).
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 mod incident;
@@ -129,13 +133,13 @@ pub use delivery::{
 };
 pub use export::{
     CUSTOM_FIELDS_COLUMN, CsvExport, ExportContinuation, ExportError, ExportSummary,
-    PAGE_TOKEN_LEN, Page, Pager, PagingKey, csv_header,
+    PAGE_TOKEN_LEN, Page, Pager, PagingKey, SavedPagingKeys, csv_header,
 };
 pub use frame::{
-    BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Decoded,
+    BatchId, Batcher, BatcherConfig, BatcherRejection, ClosedBatch, Codec, Damage, Decoded,
     FIXED_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION, Frame, FrameDecoder, FrameEncoder, FrameError,
-    FrameHeader, FrameLimits, PayloadReader, SCHEMA_VERSION, SEAL_SECTION_LEN, SealSection,
-    UNSEALED_OVERHEAD,
+    FrameHeader, FrameLimits, FrameScan, PayloadReader, Resynced, SCHEMA_VERSION, SEAL_SECTION_LEN,
+    SealSection, UNSEALED_OVERHEAD, scan_frames,
 };
 pub use incident::{
     Incident, IncidentError, IncidentId, IncidentStage, LedgerPolicy, Loss, LossLedger, LossReason,

@@ -92,6 +92,8 @@ use crate::keys::{KeyCensus, KeyError, KeyId, KeyRing, ShredReceipt};
 use crate::record::DataType;
 use crate::tenant::TenantId;
 
+mod state;
+
 /// A workspace's pricing plan: it sets how long its raw data is kept (the
 /// table in [`RetentionPolicy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -139,6 +141,13 @@ pub enum ObjectKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RetentionError {
+    /// Text given to [`Workspace::restore`] that is not a saved workspace
+    /// or breaks one of its rules (`docs/STATE.md`).
+    #[error("not a valid saved workspace: {reason}")]
+    State {
+        /// The rule broken.
+        reason: &'static str,
+    },
     /// A period that is zero or negative.
     #[error("{setting} must be positive, not {period}")]
     NotPositive {
@@ -533,9 +542,15 @@ impl Workspace {
         }
     }
 
-    /// `now`, or the latest time seen if that is later; remembered.
+    /// `now`, or the latest time seen if that is later; not remembered.
+    fn seen(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.latest.map_or(now, |l| l.max(now))
+    }
+
+    /// [`seen`](Self::seen), remembered: only for a call that succeeds (a
+    /// refused call records no time, ARCHITECTURE.md).
     fn observe(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let now = self.latest.map_or(now, |l| l.max(now));
+        let now = self.seen(now);
         self.latest = Some(now);
         now
     }
@@ -669,7 +684,7 @@ impl Workspace {
     ) -> Result<(), RetentionError> {
         match self.state {
             WorkspaceState::Active => {
-                let now = self.latest.map_or(now, |l| l.max(now));
+                let now = self.seen(now);
                 let purge_at = now.checked_add_signed(policy.purge_after_close).ok_or(
                     RetentionError::PurgeTimeOverflow {
                         tenant: self.tenant,
@@ -697,13 +712,16 @@ impl Workspace {
     /// [`RetentionError::PurgeDue`] at or after the purge time, even before
     /// the purge was carried out (it may be under way);
     /// [`RetentionError::Purged`] after it; [`RetentionError::NotClosed`]
-    /// if it is active. Nothing changes on error.
+    /// if it is active. Nothing changes on error, the latest time seen
+    /// included.
     ///
     /// A `now` earlier than one this workspace has seen counts as the
     /// latest seen: once [`begin_purge`](Workspace::begin_purge) has run, a
     /// reopen stamped by a clock that lags is refused too.
     pub fn reopen(&mut self, now: DateTime<Utc>) -> Result<(), RetentionError> {
-        let now = self.observe(now);
+        // Not recorded until the call succeeds: a refused reopen (say
+        // `NotClosed`, with a clock far ahead) must not stamp a later close.
+        let now = self.seen(now);
         match self.state {
             WorkspaceState::Active => Err(RetentionError::NotClosed {
                 tenant: self.tenant,
@@ -715,6 +733,7 @@ impl Workspace {
                 })
             }
             WorkspaceState::Closed { .. } => {
+                self.observe(now);
                 self.state = WorkspaceState::Active;
                 Ok(())
             }
@@ -738,7 +757,7 @@ impl Workspace {
     /// [`RetentionError::NotClosed`] if it is active. Nothing changes on
     /// error.
     pub fn begin_purge(&mut self, now: DateTime<Utc>) -> Result<(), RetentionError> {
-        let seen = self.latest.map_or(now, |l| l.max(now));
+        let seen = self.seen(now);
         match self.state {
             WorkspaceState::Active => Err(RetentionError::NotClosed {
                 tenant: self.tenant,
@@ -763,9 +782,10 @@ impl Workspace {
     /// # Errors
     ///
     /// [`RetentionError::PurgeNotDue`] before the purge time;
-    /// [`RetentionError::NotClosed`] if it is active.
+    /// [`RetentionError::NotClosed`] if it is active. Nothing changes on
+    /// error, the latest time seen included.
     pub fn mark_purged(&mut self, now: DateTime<Utc>) -> Result<(), RetentionError> {
-        let now = self.observe(now);
+        let now = self.seen(now);
         match self.state {
             WorkspaceState::Active => Err(RetentionError::NotClosed {
                 tenant: self.tenant,
@@ -777,10 +797,14 @@ impl Workspace {
                 })
             }
             WorkspaceState::Closed { .. } => {
+                self.observe(now);
                 self.state = WorkspaceState::Purged { at: now };
                 Ok(())
             }
-            WorkspaceState::Purged { .. } => Ok(()),
+            WorkspaceState::Purged { .. } => {
+                self.observe(now);
+                Ok(())
+            }
         }
     }
 }

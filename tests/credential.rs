@@ -786,3 +786,26 @@ fn new_needs_entropy() {
         CredentialError::Entropy(EntropyUnavailable)
     );
 }
+
+/// A refused call changes nothing, the clock included (ARCHITECTURE.md): a
+/// `retire` or `confirm` refused with a far-future `now` does not make the
+/// renewal due early.
+#[test]
+fn refused_calls_do_not_move_the_clock() {
+    let mut creds = start();
+    let twin = start();
+    let far = t0() + Duration::days(1000);
+    assert!(matches!(
+        creds.retire(far),
+        Err(CredentialError::NothingToRetire)
+    ));
+    let c = cert(t0(), Duration::days(365));
+    assert!(matches!(
+        creds.confirm(&c, &mut DeterministicEntropy::from_u64(1), far),
+        Err(CredentialError::NotRenewing)
+    ));
+    let soon = t0() + Duration::days(1);
+    assert!(!twin.is_due(soon));
+    assert_eq!(creds.is_due(soon), twin.is_due(soon));
+    assert_eq!(creds.renew_at(), twin.renew_at());
+}

@@ -41,3 +41,95 @@ fn seed_corpora_replay_cleanly() {
         assert!(count > 0, "no seeds for fuzz target {name}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The paging-token seeds (moved from tests/export.rs: they need the
+// `fuzzing` feature)
+// ---------------------------------------------------------------------------
+
+use chrono::{DateTime, TimeZone, Utc};
+use opsdata::{DataType, Pager, PagingKey, Performance, Record, Tagged, TenantId};
+use uuid::Uuid;
+
+const QUERY: &str = "Performance | where CounterName == '% Processor Time'";
+
+fn tenant_a() -> TenantId {
+    "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap()
+}
+
+/// 2026-11-23T12:00:00Z, the documented vector's issue time.
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+}
+
+/// The key of the documented vector (docs/EXPORT.md): bytes 0, 1, …, 31.
+fn vector_key() -> PagingKey {
+    let mut key = [0u8; 32];
+    for (i, b) in (0u8..).zip(key.iter_mut()) {
+        *b = i;
+    }
+    PagingKey::from_bytes(key)
+}
+
+fn perf_rows(tenant: TenantId, n: usize) -> Vec<Tagged<Record>> {
+    (0..n as u64)
+        .map(|i| {
+            Tagged::new(
+                tenant,
+                Record::from(Performance {
+                    object_name: "Processor".into(),
+                    counter_name: "% Processor Time".into(),
+                    perfmon_instance_name: "_Total".into(),
+                    performance_data_id: Uuid::from_u128(u128::from(i) + 1),
+                    performance_source_internal_id: 7,
+                    sample_value: i as f64 / 4.0,
+                    time_sampled: now(),
+                    time_added: now(),
+                }),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn paging_token_seed_corpus_is_current() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/paging_token");
+    let seeds = opsdata::fuzz::paging_token_seeds();
+    if std::env::var_os("UPDATE_CORPUS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in &seeds {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    on_disk.sort();
+    let mut names: Vec<String> = seeds.iter().map(|(n, _)| (*n).to_owned()).collect();
+    names.sort();
+    assert_eq!(on_disk, names, "regenerate with UPDATE_CORPUS=1");
+    for (name, bytes) in &seeds {
+        assert_eq!(&std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+        opsdata::fuzz::paging_token(bytes);
+    }
+    // The valid seed is the documented vector, and it pages.
+    let vector = &seeds
+        .iter()
+        .find(|(n, _)| *n == "offset-3-vector")
+        .unwrap()
+        .1;
+    let pager = Pager::new(vector_key()).with_page_size(4).unwrap();
+    let rows = perf_rows(tenant_a(), 10);
+    let page = pager
+        .page(
+            tenant_a(),
+            DataType::Performance,
+            QUERY,
+            Some(std::str::from_utf8(&vector[1..]).unwrap()),
+            &rows,
+            now(),
+        )
+        .unwrap();
+    assert_eq!((page.offset, page.rows.len()), (3, 4));
+}

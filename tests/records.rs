@@ -91,6 +91,57 @@ fn golden_files_match_both_ways() {
     }
 }
 
+fn full_golden_path(t: DataType) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/records/full")
+        .join(format!("{}.json", t.name().to_lowercase()))
+}
+
+/// Issue 16 item 7: one golden file per type with every field the schema
+/// has, optional ones included, read and written byte for byte (the plain
+/// golden files omit the optional ones). `tools/interop.sh` reads them
+/// through a frame with `tools/opsf.py`.
+#[test]
+fn full_golden_files_set_every_field_and_match_both_ways() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for t in DataType::ALL {
+        let record = common::full_sample(t);
+        record.validate(&RecordLimits::default()).unwrap();
+        let pretty = serde_json::to_string_pretty(&record).unwrap() + "\n";
+        let path = full_golden_path(t);
+        if update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &pretty).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(pretty, golden, "{t}: serialization differs from {path:?}");
+        let parsed = Record::from_json(t, golden.as_bytes()).unwrap();
+        assert_eq!(parsed, record, "{t}: parsing {path:?}");
+        // Written compactly and read back, the same again.
+        let mut compact = Vec::new();
+        parsed.write_json(&mut compact);
+        assert_eq!(Record::from_json(t, &compact).unwrap(), record);
+        // Every field of the schema is there: the CSV columns name them all.
+        let value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&golden).unwrap();
+        for column in opsdata::csv_header(t) {
+            if *column == opsdata::CUSTOM_FIELDS_COLUMN {
+                continue;
+            }
+            assert!(
+                value.contains_key(*column),
+                "{t}: {column} missing in {path:?}"
+            );
+        }
+        if t == DataType::Event {
+            let fixed = opsdata::csv_header(t).len() - 1;
+            assert!(value.len() >= fixed + 6, "{t}: custom fields of every kind");
+        } else {
+            assert_eq!(value.len(), opsdata::csv_header(t).len(), "{t}: extra keys");
+        }
+    }
+}
+
 #[test]
 fn golden_files_use_the_schema_names() {
     // Spot checks of the spellings the source uses, against the file text.

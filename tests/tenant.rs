@@ -147,3 +147,31 @@ fn record_data_type_matches_its_variant() {
         assert_eq!(r.data_type(), t);
     }
 }
+
+/// `TenantId` and `BatchId` order as their UUIDs do (byte by byte), which
+/// their `Ord` computes as one big-endian integer.
+#[test]
+fn ids_order_as_their_uuids() {
+    use opsdata::BatchId;
+    let values = [
+        1u128,
+        2,
+        0xff,
+        0x100,
+        1 << 64,
+        (1 << 64) + 1,
+        u128::MAX >> 1,
+        1 << 127,
+        u128::MAX,
+    ];
+    for &a in &values {
+        for &b in &values {
+            let (ua, ub) = (uuid::Uuid::from_u128(a), uuid::Uuid::from_u128(b));
+            let t = (TenantId::new(ua).unwrap(), TenantId::new(ub).unwrap());
+            assert_eq!(t.0.cmp(&t.1), ua.cmp(&ub), "{a:x} {b:x}");
+            let i = (BatchId::new(ua).unwrap(), BatchId::new(ub).unwrap());
+            assert_eq!(i.0.cmp(&i.1), ua.cmp(&ub), "{a:x} {b:x}");
+            assert_eq!(i.0.as_bytes().cmp(i.1.as_bytes()), ua.cmp(&ub));
+        }
+    }
+}

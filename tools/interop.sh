@@ -4,9 +4,12 @@
 # docs/FRAME.md alone), and the other way round, for every data type and both
 # codecs; the records must agree as JSON values.
 # Usage: tools/interop.sh PATH/TO/frametool
+# The Python is $PYTHON (default python3); it needs the `cryptography`
+# package for tools/opsf_seal.py (.ci/run makes a virtual environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 frametool=$1
+python=${PYTHON:-python3}
 py=tools/opsf.py
 tenant=0f8fad5b-d9cb-469f-a165-70867728950e
 batch=0191a0d0-3a5b-7c8d-9e0f-112233445566
@@ -16,7 +19,7 @@ trap 'rm -rf "$tmp"' EXIT
 # Compares two `decode` outputs as JSON values (key order and number
 # spelling aside); body_len may differ across DEFLATE writers.
 same() {
-    python3 - "$1" "$2" <<'PY'
+    "$python" - "$1" "$2" <<'PY'
 import json, sys
 def load(p):
     out = []
@@ -31,11 +34,24 @@ if a != b:
 PY
 }
 
-python3 "$py" selftest
+"$python" "$py" selftest
 checked=0
-for type in alert configuration event metadata performance state; do
-    # One golden record of the type, plus an edited copy, as JSON Lines.
-    python3 - "tests/data/records/$type.json" > "$tmp/in.jsonl" <<'PY'
+# The records a `decode` output holds are the JSON Lines given (as values).
+records_are() {
+    "$python" - "$1" "$2" <<'PY'
+import json, sys
+got = [r for line in open(sys.argv[1], encoding="utf-8") for r in json.loads(line)["records"]]
+want = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")]
+if got != want:
+    sys.exit(f"records differ:\n{got}\n{want}")
+PY
+}
+
+for golden in tests/data/records/*.json tests/data/records/full/*.json; do
+    type=$(basename "$golden" .json)
+    # One golden record of the type (the full ones set every optional
+    # field), plus an edited copy, as JSON Lines.
+    "$python" - "$golden" > "$tmp/in.jsonl" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1], encoding="utf-8"))
 print(json.dumps(r, separators=(",", ":"), ensure_ascii=False))
@@ -44,35 +60,38 @@ PY
     for codec in deflate none; do
         args=(--tenant "$tenant" --data-type "$type" --codec "$codec" --batch-id "$batch" --created-ms 1795437296789)
         "$frametool" encode "${args[@]}" < "$tmp/in.jsonl" > "$tmp/rust.opsf"
-        python3 "$py" encode "${args[@]}" < "$tmp/in.jsonl" > "$tmp/py.opsf"
+        "$python" "$py" encode "${args[@]}" < "$tmp/in.jsonl" > "$tmp/py.opsf"
         # Each tool reads the other's frame, and its own.
-        python3 "$py" decode --expect-tenant "$tenant" < "$tmp/rust.opsf" > "$tmp/rust-by-py.json"
+        "$python" "$py" decode --expect-tenant "$tenant" < "$tmp/rust.opsf" > "$tmp/rust-by-py.json"
         "$frametool" decode --expect-tenant "$tenant" < "$tmp/py.opsf" > "$tmp/py-by-rust.json"
         "$frametool" decode < "$tmp/rust.opsf" > "$tmp/rust-by-rust.json"
-        python3 "$py" decode < "$tmp/py.opsf" > "$tmp/py-by-py.json"
+        "$python" "$py" decode < "$tmp/py.opsf" > "$tmp/py-by-py.json"
         same "$tmp/rust-by-py.json" "$tmp/rust-by-rust.json"
         same "$tmp/py-by-rust.json" "$tmp/py-by-py.json"
         same "$tmp/rust-by-rust.json" "$tmp/py-by-rust.json"
+        # And opsf.py reads back exactly the records framed, every field.
+        records_are "$tmp/rust-by-py.json" "$tmp/in.jsonl"
+        records_are "$tmp/py-by-py.json" "$tmp/in.jsonl"
         checked=$((checked + 1))
     done
 done
 
 # The committed vectors, concatenated, read by both.
 cat tests/data/frames/*.opsf > "$tmp/all.opsf"
-python3 "$py" decode < "$tmp/all.opsf" > "$tmp/all-py.json"
+"$python" "$py" decode < "$tmp/all.opsf" > "$tmp/all-py.json"
 "$frametool" decode < "$tmp/all.opsf" > "$tmp/all-rust.json"
 same "$tmp/all-py.json" "$tmp/all-rust.json"
 
 # Both refuse the same damaged input with status 2.
 head -c 100 "$tmp/all.opsf" > "$tmp/cut.opsf"
-for tool in "python3 $py" "$frametool"; do
+for tool in "$python $py" "$frametool"; do
     status=0
     $tool decode < "$tmp/cut.opsf" > /dev/null 2>&1 || status=$?
     [ "$status" = 2 ] || { echo "interop: $tool exited $status on truncated input, expected 2"; exit 1; }
 done
 # An error message stays on one line even when it quotes a record key
 # with a newline in it.
-python3 - "$py" > "$tmp/newline.opsf" <<'PY'
+"$python" - "$py" > "$tmp/newline.opsf" <<'PY'
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("opsf", sys.argv[1])
 opsf = importlib.util.module_from_spec(spec)
@@ -98,7 +117,7 @@ for pair in "performance-3-deflate.k1:performance-3-deflate:1:$k1" \
             "empty.k1:empty:1:$k1" \
             "performance-3-deflate.k2:performance-3-deflate:2:$k2"; do
     IFS=: read -r sealed plain id key <<< "$pair"
-    python3 "$seal_py" open --kek-id "$id" --kek-hex "$key" < "$sealed_dir/$sealed.opsf" > "$tmp/opened.opsf"
+    "$python" "$seal_py" open --kek-id "$id" --kek-hex "$key" < "$sealed_dir/$sealed.opsf" > "$tmp/opened.opsf"
     cmp -s "$tmp/opened.opsf" "$sealed_dir/../$plain.opsf" \
         || { echo "interop: $sealed.opsf does not open to $plain.opsf in Python"; exit 1; }
     checked=$((checked + 1))
@@ -106,22 +125,22 @@ done
 for f in tests/data/frames/*.opsf; do
     # frametool seals, Python opens; Python seals, frametool opens.
     "$frametool" seal --kek-id 7 --kek-hex "$k1" < "$f" > "$tmp/rs.opsf"
-    python3 "$seal_py" open --kek-id 7 --kek-hex "$k1" < "$tmp/rs.opsf" > "$tmp/rs-py.opsf"
+    "$python" "$seal_py" open --kek-id 7 --kek-hex "$k1" < "$tmp/rs.opsf" > "$tmp/rs-py.opsf"
     cmp -s "$tmp/rs-py.opsf" "$f" || { echo "interop: $f sealed by frametool does not open in Python"; exit 1; }
-    python3 "$seal_py" seal --kek-id 7 --kek-hex "$k1" < "$f" > "$tmp/py.opsf"
+    "$python" "$seal_py" seal --kek-id 7 --kek-hex "$k1" < "$f" > "$tmp/py.opsf"
     "$frametool" open --kek-id 7 --kek-hex "$k1" < "$tmp/py.opsf" > "$tmp/py-rs.opsf"
     cmp -s "$tmp/py-rs.opsf" "$f" || { echo "interop: $f sealed by Python does not open in frametool"; exit 1; }
     # Rewrapped by one, opened by the other; the body stays byte-identical.
     "$frametool" rewrap --from-kek-id 7 --from-kek-hex "$k1" --to-kek-id 9 --to-kek-hex "$k2" < "$tmp/py.opsf" > "$tmp/py-rw.opsf"
     cmp -s <(tail -c +137 "$tmp/py.opsf") <(tail -c +137 "$tmp/py-rw.opsf") \
         || { echo "interop: frametool rewrap changed the body of $f"; exit 1; }
-    python3 "$seal_py" open --kek-id 9 --kek-hex "$k2" < "$tmp/py-rw.opsf" | cmp -s - "$f" \
+    "$python" "$seal_py" open --kek-id 9 --kek-hex "$k2" < "$tmp/py-rw.opsf" | cmp -s - "$f" \
         || { echo "interop: $f rewrapped by frametool does not open in Python"; exit 1; }
-    python3 "$seal_py" rewrap --from-kek-id 7 --from-kek-hex "$k1" --to-kek-id 9 --to-kek-hex "$k2" < "$tmp/rs.opsf" > "$tmp/rs-rw.opsf"
+    "$python" "$seal_py" rewrap --from-kek-id 7 --from-kek-hex "$k1" --to-kek-id 9 --to-kek-hex "$k2" < "$tmp/rs.opsf" > "$tmp/rs-rw.opsf"
     "$frametool" open --kek-id 9 --kek-hex "$k2" < "$tmp/rs-rw.opsf" | cmp -s - "$f" \
         || { echo "interop: $f rewrapped by Python does not open in frametool"; exit 1; }
     # The wrong key is refused by both, with status 2.
-    for tool in "python3 $seal_py" "$frametool"; do
+    for tool in "$python $seal_py" "$frametool"; do
         status=0
         $tool open --kek-id 7 --kek-hex "$k2" < "$tmp/rs.opsf" > /dev/null 2>&1 || status=$?
         [ "$status" = 2 ] || { echo "interop: $tool opened $f under the wrong key (status $status)"; exit 1; }

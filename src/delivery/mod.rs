@@ -68,6 +68,10 @@ pub enum DropReason {
     Rejected,
     /// It was older than its data type's `expire_after`.
     Expired,
+    /// Its stored frame was damaged (it failed a check when the spool was
+    /// read back after a restart) and only its header could still be read:
+    /// its records are lost. See [`Outbox::recover`].
+    Corrupt,
 }
 
 /// What happened, for logs, metrics and the data-loss ledger. Poll with

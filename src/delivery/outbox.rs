@@ -1,15 +1,17 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
     DeliveryError, DeliveryEvent, DeliveryPolicy, DropReason, Outcome, Phase, PhaseCounts,
     StorageOp, TenantStatus, Transmit,
 };
-use crate::frame::{BatchId, Frame, FrameError, FrameLimits};
+use crate::frame::{BatchId, Frame};
 use crate::record::DataType;
 use crate::tenant::TenantId;
+
+mod recover;
+pub use recover::RecoveryReport;
 
 /// A key ordering batches for eviction: drop rank first, then age.
 type EvictKey = (u8, u64, BatchId);
@@ -155,24 +157,6 @@ impl Jitter {
     }
 }
 
-/// What [`Outbox::recover`] found in the spool.
-#[derive(Debug, Default)]
-pub struct RecoveryReport {
-    /// Frames held by the outbox once recovery is done.
-    pub recovered: usize,
-    /// Frames read back but dropped: already past their data type's
-    /// `expire_after`, or beyond what the policy's limits hold (by the drop
-    /// order, as for pushes). Each has a
-    /// [`DeliveryEvent::Dropped`] event and a [`StorageOp::Remove`], so the
-    /// spool lets go of it and the next restart does not report it again.
-    pub dropped: usize,
-    /// Frames skipped because they failed their checks, by position in the
-    /// input, with the reason. The host should move them aside.
-    pub skipped: Vec<(usize, FrameError)>,
-    /// Frames skipped because their batch id was already recovered.
-    pub duplicates: usize,
-}
-
 /// The sans-I/O retry / cache / queue / drop-priority state machine.
 ///
 /// **Inputs**: [`push`](Outbox::push) a frame,
@@ -257,46 +241,9 @@ impl Outbox {
         }
     }
 
-    /// Rebuilds an outbox from the frames a spool holds (in the order they
-    /// were persisted), without asking to persist them again. Frames that
-    /// fail their checks are skipped and reported, never a reason to refuse
-    /// to start; a batch id seen twice is kept once. If the frames pass the
-    /// policy's limits, the drop order applies as for pushes, and each frame
-    /// dropped, refused or evicted, gets a [`StorageOp::Remove`] so that the
-    /// spool ends up holding exactly what the outbox holds. Every tenant
-    /// starts online. Drain the result as after any input: the recovered
-    /// batches have no timer, so [`poll_transmit`](Outbox::poll_transmit)
-    /// is what starts them.
-    #[must_use]
-    pub fn recover(
-        policy: DeliveryPolicy,
-        seed: u64,
-        now: DateTime<Utc>,
-        frames: impl IntoIterator<Item = Bytes>,
-        limits: &FrameLimits,
-    ) -> (Outbox, RecoveryReport) {
-        let mut outbox = Outbox::new(policy, seed);
-        let now = outbox.observe(now);
-        let mut report = RecoveryReport::default();
-        let mut seen = BTreeSet::new();
-        let mut taken = 0;
-        for (index, bytes) in frames.into_iter().enumerate() {
-            match Frame::decode(bytes, limits) {
-                Err(e) => report.skipped.push((index, e)),
-                Ok(frame) if !seen.insert(frame.batch_id()) => {
-                    report.duplicates += 1;
-                }
-                Ok(frame) => {
-                    outbox.insert(now, frame, false);
-                    taken += 1;
-                }
-            }
-        }
-        report.recovered = outbox.batches.len();
-        report.dropped = taken - report.recovered;
-        (outbox, report)
-    }
-
+    /// `now`, or the latest time seen if that is later, recorded: call it
+    /// only once a call can no longer fail (a refused call leaves the clock
+    /// alone, ARCHITECTURE.md).
     fn observe(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
         let now = self.latest.map_or(now, |l| l.max(now));
         self.latest = Some(now);
@@ -318,9 +265,9 @@ impl Outbox {
     /// # Errors
     ///
     /// [`DeliveryError::DuplicateBatch`], handing the frame back, if a batch
-    /// with its id is already held. Nothing changes.
+    /// with its id is already held. Nothing changes, `now` included (it is
+    /// not recorded as seen).
     pub fn push(&mut self, now: DateTime<Utc>, frame: Frame) -> Result<(), DeliveryError> {
-        let now = self.observe(now);
         let batch_id = frame.batch_id();
         if self.batches.contains_key(&batch_id) {
             return Err(DeliveryError::DuplicateBatch {
@@ -328,6 +275,7 @@ impl Outbox {
                 frame: Box::new(frame),
             });
         }
+        let now = self.observe(now);
         self.insert(now, frame, true);
         Ok(())
     }
@@ -613,14 +561,13 @@ impl Outbox {
     ///
     /// [`DeliveryError::UnknownBatch`] if the batch is not held,
     /// [`DeliveryError::NotInFlight`] if it is held but was not sent.
-    /// Nothing changes.
+    /// Nothing changes, `now` included (it is not recorded as seen).
     pub fn handle_outcome(
         &mut self,
         now: DateTime<Utc>,
         batch_id: BatchId,
         outcome: Outcome,
     ) -> Result<(), DeliveryError> {
-        let now = self.observe(now);
         let h = self
             .batches
             .get(&batch_id)
@@ -629,6 +576,8 @@ impl Outbox {
             return Err(DeliveryError::NotInFlight { batch_id });
         }
         let tenant = h.tenant;
+        // Only now, past the checks: a refused outcome records no time.
+        let now = self.observe(now);
         match outcome {
             Outcome::Delivered => {
                 if let Some(h) = self.remove(batch_id) {

@@ -345,14 +345,17 @@ impl Batcher {
     /// A [`BatcherRejection`] handing the record back:
     /// [`FrameError::Record`] if it does not validate (its `index` is the
     /// position it would have had), [`FrameError::RecordTooLarge`] if its
-    /// JSON is over `max_record_bytes`. Nothing already accepted changes.
+    /// JSON is over `max_record_bytes`. Nothing changes, `now` included (it
+    /// is not recorded as seen).
     #[allow(clippy::result_large_err)] // the error hands the record back by design
     pub fn push(
         &mut self,
         now: DateTime<Utc>,
         record: Tagged<Record>,
     ) -> Result<(), BatcherRejection> {
-        let now = self.observe(now);
+        // Recorded only once the record is taken: a refused push leaves the
+        // clock alone (ARCHITECTURE.md).
+        let now = self.latest.map_or(now, |l| l.max(now));
         let key = (record.tenant(), record.data_type());
         let index = self.open.get(&key).map_or(0, |b| b.count as usize);
         if let Err(source) = record.item().validate(&self.config.record_limits) {
@@ -414,6 +417,7 @@ impl Batcher {
             batch.count += 1;
             self.open_bytes += bytes + 1;
         }
+        self.latest = Some(now);
         let batch = &self.open[&key];
         if batch.count >= self.config.max_records || batch.payload.len() == max_payload {
             self.close(key, now);

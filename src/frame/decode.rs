@@ -1,6 +1,7 @@
 use bytes::BytesMut;
 
 use super::header::{array, check_magic, check_version, header_len};
+use super::resync::{Candidate, Resynced, next_candidate};
 use super::{Codec, FIXED_HEADER_LEN, Frame, FrameError, FrameHeader, FrameLimits, SEAL_TAG_LEN};
 use crate::tenant::TenantId;
 
@@ -14,7 +15,7 @@ pub(crate) enum Scan {
 
 /// Checks the header of the frame at the start of `buf`, in the order of
 /// `docs/FRAME.md`, as far as the bytes present allow.
-fn scan_header(
+pub(super) fn scan_header(
     buf: &[u8],
     limits: &FrameLimits,
     expect: Option<TenantId>,
@@ -102,7 +103,7 @@ pub(crate) fn peek_header(buf: &[u8]) -> Result<FrameHeader, FrameError> {
 }
 
 /// Checks the body CRC of a frame whose header passed, if the body is there.
-fn scan_body(buf: &[u8], header: &FrameHeader) -> Result<Scan, FrameError> {
+pub(super) fn scan_body(buf: &[u8], header: &FrameHeader) -> Result<Scan, FrameError> {
     let total = header.frame_len();
     if buf.len() < total {
         return Ok(Scan::NeedMore(total - buf.len()));
@@ -156,8 +157,10 @@ pub enum Decoded {
 /// [`finish`](FrameDecoder::finish) to learn whether it ended inside a frame.
 ///
 /// After an error the decoder stays failed (every call returns
-/// [`FrameError::Failed`]) until [`reset`](FrameDecoder::reset): it never
-/// skips ahead to look for the next frame.
+/// [`FrameError::Failed`], and bytes pushed are dropped and counted) until
+/// [`reset`](FrameDecoder::reset), or until its user asks it to skip the
+/// damage with [`resync`](FrameDecoder::resync): it never skips ahead by
+/// itself.
 ///
 /// ```
 /// # use chrono::{TimeZone, Utc};
@@ -186,6 +189,12 @@ pub struct FrameDecoder {
     /// The header of the frame being buffered, once it has passed its checks.
     pending: Option<FrameHeader>,
     failed: bool,
+    /// The header of the frame that failed, when only its body did.
+    failed_header: Option<FrameHeader>,
+    /// Bytes pushed while failed, and dropped.
+    dropped: usize,
+    /// Whether a failure keeps the buffer, for `resync` to search.
+    keep_on_failure: bool,
 }
 
 impl FrameDecoder {
@@ -198,7 +207,21 @@ impl FrameDecoder {
             buf: BytesMut::new(),
             pending: None,
             failed: false,
+            failed_header: None,
+            dropped: 0,
+            keep_on_failure: false,
         }
+    }
+
+    /// Makes the decoder keep its buffer after a failure (at most one frame
+    /// and the last chunk pushed, the bound that holds anyway), so that
+    /// [`resync`](FrameDecoder::resync) can find the next intact frame in
+    /// the bytes already pushed. Without it a failure frees the buffer at
+    /// once, and a resync can only skip what was freed.
+    #[must_use]
+    pub fn with_resync(mut self) -> Self {
+        self.keep_on_failure = true;
+        self
     }
 
     /// Makes the decoder refuse, with [`FrameError::TenantMismatch`], any
@@ -209,9 +232,13 @@ impl FrameDecoder {
         self
     }
 
-    /// Appends received bytes. Bytes pushed after a failure are dropped.
+    /// Appends received bytes. Bytes pushed after a failure are dropped
+    /// (and counted in the next [`resync`](FrameDecoder::resync)'s
+    /// [`skipped`](Resynced::skipped)).
     pub fn push(&mut self, data: &[u8]) {
-        if !self.failed {
+        if self.failed {
+            self.dropped = self.dropped.saturating_add(data.len());
+        } else {
             self.buf.extend_from_slice(data);
         }
     }
@@ -240,10 +267,78 @@ impl FrameDecoder {
         let result = self.poll_inner();
         if result.is_err() {
             self.failed = true;
-            self.pending = None;
-            self.buf = BytesMut::new();
+            self.failed_header = self.pending.take();
+            if !self.keep_on_failure {
+                // Freed at once; the bytes count as skipped if the user
+                // resyncs all the same.
+                self.dropped = self.dropped.saturating_add(self.buf.len());
+                self.buf = BytesMut::new();
+            }
+            // Otherwise kept (at most one frame and the last chunk, the
+            // bound that holds anyway) for `resync`; `reset` frees it.
         }
         result
+    }
+
+    /// Skips the damage after an error, explicitly (on a decoder made
+    /// [`with_resync`](FrameDecoder::with_resync); on another, the buffer
+    /// was freed at the failure and only that is skipped): drops the failed
+    /// frame's first byte and every byte after it up to the next offset
+    /// where a frame header passes all its checks (magic, version, header
+    /// CRC, fields, the expected tenant, limits), or where the bytes
+    /// buffered end inside a header that may still pass; then the decoder
+    /// reads on from there. Bytes pushed while it was failed were dropped:
+    /// they count as skipped too. A frame found this way is still taken
+    /// only if its body CRC passes ([`poll_frame`](FrameDecoder::poll_frame)
+    /// checks it as any other), so no byte failing a check is ever taken.
+    ///
+    /// Returns the bytes skipped and, if only the failed frame's body
+    /// failed, its header (its batch id, tenant and data type). Does
+    /// nothing, and returns zero, unless the decoder has failed. Work is
+    /// linear in the bytes buffered.
+    ///
+    /// ```
+    /// # use chrono::{TimeZone, Utc};
+    /// # use opsdata::*;
+    /// # let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    /// # let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+    /// # let batch = TenantBatch::new(tenant, DataType::Alert);
+    /// let mut encoder = FrameEncoder::new();
+    /// let a = encoder.encode_frame(&batch, BatchId::from_random_bytes([1; 16]), now)?;
+    /// let b = encoder.encode_frame(&batch, BatchId::from_random_bytes([2; 16]), now)?;
+    /// let mut bytes = [a.as_bytes().as_ref(), b.as_bytes().as_ref()].concat();
+    /// let last = a.len() - 1;
+    /// bytes[last] ^= 1; // damage the first frame's body CRC
+    /// let mut decoder = FrameDecoder::new(FrameLimits::default()).with_resync();
+    /// decoder.push(&bytes);
+    /// assert!(matches!(decoder.poll_frame(), Err(FrameError::BodyCrc { .. })));
+    /// let skipped = decoder.resync();
+    /// assert_eq!(skipped.skipped, a.len());
+    /// assert_eq!(skipped.header.map(|h| h.batch_id), Some(a.batch_id()));
+    /// assert!(matches!(decoder.poll_frame()?, Decoded::Frame(f) if f == b));
+    /// # Ok::<(), FrameError>(())
+    /// ```
+    pub fn resync(&mut self) -> Resynced {
+        if !self.failed {
+            return Resynced::default();
+        }
+        let from = self.buf.len().min(1);
+        let skip = match next_candidate(&self.buf, from, &self.limits, self.expect) {
+            Candidate::Header(at) | Candidate::Partial(at) => at,
+            Candidate::None => self.buf.len(),
+        };
+        let _ = self.buf.split_to(skip);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.failed = false;
+        self.pending = None;
+        let resynced = Resynced {
+            skipped: skip.saturating_add(self.dropped),
+            header: self.failed_header.take(),
+        };
+        self.dropped = 0;
+        resynced
     }
 
     fn poll_inner(&mut self) -> Result<Decoded, FrameError> {
@@ -311,5 +406,7 @@ impl FrameDecoder {
         self.buf = BytesMut::new();
         self.pending = None;
         self.failed = false;
+        self.failed_header = None;
+        self.dropped = 0;
     }
 }

@@ -157,7 +157,9 @@ impl Frame {
 pub struct FrameEncoder {
     codec: Codec,
     level: u32,
-    compressor: Compress,
+    /// Made on the first DEFLATE frame (its state is a few hundred KiB):
+    /// an encoder writing only `Codec::None` never allocates it.
+    compressor: Option<Compress>,
     payload: Vec<u8>,
     record_limits: RecordLimits,
     limits: FrameLimits,
@@ -194,7 +196,7 @@ impl FrameEncoder {
         FrameEncoder {
             codec: Codec::Deflate,
             level: Self::DEFAULT_LEVEL,
-            compressor: Compress::new(Compression::new(Self::DEFAULT_LEVEL), false),
+            compressor: None,
             payload: Vec::new(),
             record_limits: RecordLimits::default(),
             limits: FrameLimits::default(),
@@ -221,7 +223,7 @@ impl FrameEncoder {
             });
         }
         self.level = level;
-        self.compressor = Compress::new(Compression::new(level), false);
+        self.compressor = None;
         Ok(self)
     }
 
@@ -466,14 +468,17 @@ impl FrameEncoder {
     }
 
     fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
-        self.compressor.reset();
+        let level = self.level;
+        let compressor = self
+            .compressor
+            .get_or_insert_with(|| Compress::new(Compression::new(level), false));
+        compressor.reset();
         let limit = self.limits.max_body() as usize;
         let body_start = out.len();
         out.reserve(deflate_bound(payload.len()).min(limit + 64));
         loop {
-            let consumed = usize::try_from(self.compressor.total_in()).unwrap_or(usize::MAX);
-            let status = self
-                .compressor
+            let consumed = usize::try_from(compressor.total_in()).unwrap_or(usize::MAX);
+            let status = compressor
                 .compress_vec(&payload[consumed..], out, FlushCompress::Finish)
                 .map_err(|e| FrameError::Compress {
                     message: e.to_string(),

@@ -16,6 +16,7 @@ mod decode;
 mod encode;
 mod header;
 mod payload;
+mod resync;
 
 use std::fmt;
 
@@ -30,6 +31,7 @@ pub use decode::{Decoded, FrameDecoder};
 pub use encode::{Frame, FrameEncoder};
 pub use header::{FrameHeader, SealSection};
 pub use payload::PayloadReader;
+pub use resync::{Damage, FrameScan, Resynced, scan_frames};
 
 /// The four bytes every frame starts with: `\x89OPS`.
 pub const FRAME_MAGIC: [u8; 4] = [0x89, b'O', b'P', b'S'];
@@ -109,8 +111,23 @@ impl fmt::Display for Codec {
 /// assert_eq!(id.as_uuid().get_version_num(), 7);
 /// assert!(BatchId::new(uuid::Uuid::nil()).is_err());
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchId(Uuid);
+
+// The UUID's byte order, compared as one big-endian integer rather than a
+// byte slice: the same order (the `Uuid` one), without a `memcmp` call per
+// comparison in the ordered maps that key on it.
+impl Ord for BatchId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_u128().cmp(&other.0.as_u128())
+    }
+}
+
+impl PartialOrd for BatchId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl BatchId {
     /// The batch id `id`.

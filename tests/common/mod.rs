@@ -428,6 +428,63 @@ pub fn sample(data_type: DataType) -> Record {
     }
 }
 
+/// One fixed record of each type with every optional field set (and, for
+/// Event, custom fields of every JSON kind), as in the golden files under
+/// `tests/data/records/full/`.
+pub fn full_sample(data_type: DataType) -> Record {
+    let t = t0();
+    let later = t + chrono::Duration::minutes(3);
+    match sample(data_type) {
+        Record::Alert(mut a) => {
+            a.resolved_by = Some("CONTOSO\\oncall".into());
+            a.owner = Some("CONTOSO\\ops".into());
+            a.time_resolved = Some(later + chrono::Duration::seconds(1));
+            Record::Alert(a)
+        }
+        Record::Metadata(_) => Record::from(Metadata {
+            base_managed_entity_id: id(30),
+            object_status: Some("Active".into()),
+            organizational_unit: Some("OU=Servers,DC=contoso,DC=com".into()),
+            active_directory_object_sid: Some(
+                "S-1-5-21-3623811015-3361044348-30300820-1013".into(),
+            ),
+            physical_processors: Some(2),
+            network_name: Some("web01.contoso.com".into()),
+            ip_address: Some("10.0.0.15, fe80::1".into()),
+            forest_dns_name: Some("contoso.com".into()),
+            netbios_computer_name: Some("WEB01".into()),
+            virtual_machine_name: Some("web01-vm".into()),
+            last_inventory_date: Some(t),
+            host_server_name: Some("hv07.contoso.com".into()),
+            is_virtual_machine: Some(true),
+            netbios_domain_name: Some("CONTOSO".into()),
+            logical_processors: Some(8),
+            dns_name: Some("web01.contoso.com".into()),
+            display_name: Some("web01.contoso.com".into()),
+            domain_dns_name: Some("contoso.com".into()),
+            active_directory_site: Some("Default-First-Site-Name".into()),
+            principal_name: Some("web01.contoso.com".into()),
+            offset_in_minute_from_greenwich_time: Some(-480),
+        }),
+        Record::State(mut s) => {
+            s.last_green_alert_generated = Some(later);
+            Record::State(s)
+        }
+        Record::Event(mut e) => {
+            e.custom.insert("Nothing", serde_json::Value::Null);
+            e.custom.insert("Enabled", false);
+            e.custom.insert("Ratio", 0.125);
+            e.custom.insert("Negative", -42);
+            e.custom.insert(
+                "Nested",
+                serde_json::json!({"a": [1, {"b": null}], "é": "ü"}),
+            );
+            Record::Event(e)
+        }
+        other => other,
+    }
+}
+
 /// CRC-32 (IEEE), bit by bit: independent of the crate's implementation,
 /// for tests that edit frames and repair their checksums.
 pub fn crc32(data: &[u8]) -> u32 {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every fuzz target in turn, SECONDS each, on the nightly toolchain,
+# and prints how many executions each made.
+#
+# Usage: fuzz/run-all.sh SECONDS [TARGET...]
+#
+# Needs `cargo install cargo-fuzz` and a nightly toolchain (`rustup
+# toolchain install nightly`). Each target starts from, and adds what it
+# finds to, fuzz/corpus/<target> (or $CORPUS_ROOT/<target>: point it at a
+# copy to leave the committed corpora alone). Minimize a grown corpus
+# before committing it: `cargo +nightly fuzz cmin <target>`. A crash stops
+# its target with the reproducer in fuzz/artifacts/<target>/; copy it to
+# fuzz/regressions/<target>/ with the fix, so that
+# `cargo test -p opsdata --features fuzzing --test fuzz_corpus` replays it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ $# -lt 1 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
+    echo "usage: $0 SECONDS [TARGET...]" >&2
+    exit 2
+fi
+seconds=$1
+shift
+if [ $# -gt 0 ]; then
+    targets=("$@")
+else
+    mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+corpus_root=${CORPUS_ROOT:-corpus}
+commit=$(git rev-parse --short HEAD 2> /dev/null || echo unknown)
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+summary=()
+status=0
+for t in "${targets[@]}"; do
+    mkdir -p "$corpus_root/$t"
+    echo "== $t: ${seconds}s from $corpus_root/$t"
+    rc=0
+    cargo +nightly fuzz run "$t" "$corpus_root/$t" -- \
+        -max_total_time="$seconds" -print_final_stats=1 > "$logs/$t.log" 2>&1 || rc=$?
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t.log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logs/$t.log" | tail -1)
+    files=$(find "$corpus_root/$t" -type f | wc -l)
+    if [ "$rc" -ne 0 ]; then
+        status=1
+        tail -n 40 "$logs/$t.log"
+        summary+=("$t: FAILED (exit $rc) after ${runs:-?} executions; see fuzz/artifacts/$t/")
+    else
+        summary+=("$t: ${runs:-?} executions, ${rate:-?}/s, corpus $files files")
+    fi
+done
+
+echo
+echo "== fuzz/run-all.sh $seconds on commit $commit"
+printf '%s\n' "${summary[@]}"
+exit "$status"
