@@ -767,3 +767,77 @@ async fn an_idle_http2_connection_is_shut_down() {
     assert!(counted.is_ok());
     run.shutdown().await;
 }
+
+/// Entropy that counts its fills and, once armed, panics after `allow`
+/// more: a stand-in for a bug that panics in the middle of a request's
+/// preparation, after earlier frames of the same request were sealed.
+struct PanickyEntropy {
+    inner: opsdata::SystemEntropy,
+    fills: Arc<std::sync::atomic::AtomicU64>,
+    panic_at: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl opsdata::Entropy for PanickyEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), opsdata::EntropyUnavailable> {
+        let n = self.fills.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(n != self.panic_at.load(Ordering::SeqCst), "entropy bug");
+        self.inner.fill(dest)
+    }
+}
+
+/// Regression: a panic while preparing a request (after an earlier frame
+/// of it was sealed and remembered) left that frame's batch marked in
+/// flight, so every retry of it was answered transient (`in_flight`) and
+/// it was never stored. The frames prepared before the panic are now
+/// handed back to ingest, and the retry stores them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_panic_while_preparing_leaves_no_batch_in_flight() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let fills = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let panic_at = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let (f, p) = (Arc::clone(&fills), Arc::clone(&panic_at));
+    let svc = IngestService::builder(TestStore::default())
+        .limits(limits())
+        .clock(clock.clock())
+        .key_store(SharedKeys::default(), wrapping_key())
+        .provisioning(opsdata::RotationPolicy::default())
+        .entropy(move || {
+            Box::new(PanickyEntropy {
+                inner: opsdata::SystemEntropy::new(),
+                fills: Arc::clone(&f),
+                panic_at: Arc::clone(&p),
+            })
+        })
+        .build()
+        .unwrap();
+    let run = start(&svc, &pki).await;
+    let a = tenant(WS_A);
+    let mut c = Client::connect(run.addr, pki.client(Some(&pki.agent(WS_A)), b"h2"))
+        .await
+        .unwrap();
+    // Provision the ring, then measure the fills of one seal.
+    let r = c.post(body(&[frame(a, 1)])).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let before = fills.load(Ordering::SeqCst);
+    let r = c.post(body(&[frame(a, 1)])).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let per_seal = fills.load(Ordering::SeqCst) - before;
+    assert!(per_seal > 0, "a seal draws randomness");
+    // Two frames: the first is sealed, the second's first fill panics.
+    let frames: Vec<_> = (0..2).map(|_| frame(a, 2)).collect();
+    panic_at.store(
+        fills.load(Ordering::SeqCst) + per_seal + 1,
+        Ordering::SeqCst,
+    );
+    let r = c.post(body(&frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(stored(&svc, a), 2);
+    panic_at.store(u64::MAX, Ordering::SeqCst);
+    let r = c.post(body(&frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(acks_all(&r.body, Outcome::Delivered));
+    assert_eq!(stored(&svc, a), 4);
+    assert_eq!(svc.stats(a).duplicates, 0);
+    run.shutdown().await;
+}

@@ -14,7 +14,7 @@ use opsdata::{
 use tracing::{debug, warn};
 
 use super::IngestService;
-use super::tenants::lock;
+use super::tenants::{TenantState, lock};
 use crate::blobs::AsyncBlobStore;
 use crate::wire::Ack;
 
@@ -282,12 +282,46 @@ impl<B: AsyncBlobStore> IngestService<B> {
         now: DateTime<Utc>,
     ) -> (Vec<FrameFate>, Option<(Option<BatchId>, FrameError)>) {
         let inner = &*self.inner;
-        let m = &inner.metrics;
         let tenant = principal.tenant();
         let (frames, bad) = split(body, inner.config.limits());
         let state = inner.tenants.get(tenant);
         let mut st = lock(&state);
         let mut fates = Vec::with_capacity(frames.len());
+        // A panic below would be a bug in the core or here; it must not
+        // leave a batch remembered by the de-duplication or the in-flight
+        // set without its put, or the agent's retries of it would be
+        // answered `in_flight` (or delivered) although it was never stored.
+        // So the frames prepared so far are handed back to ingest before
+        // the panic goes on (the tenant's lock is still held).
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.prepare_frames(principal, frames, now, &mut st, &mut fates);
+        }));
+        if let Err(panic) = run {
+            for f in &fates {
+                if let Fate::Store(op) = &f.fate {
+                    st.in_flight.remove(&f.batch_id);
+                    st.ingest.handle_store_failed(op);
+                }
+            }
+            drop(st);
+            std::panic::resume_unwind(panic);
+        }
+        (fates, bad)
+    }
+
+    /// Runs each frame through the tenant's ingest (the caller holds the
+    /// tenant's lock), pushing one fate per frame.
+    fn prepare_frames(
+        &self,
+        principal: &Principal,
+        frames: Vec<Frame>,
+        now: DateTime<Utc>,
+        st: &mut TenantState,
+        fates: &mut Vec<FrameFate>,
+    ) {
+        let inner = &*self.inner;
+        let m = &inner.metrics;
+        let tenant = principal.tenant();
         for frame in frames {
             let batch_id = frame.batch_id();
             let records = u64::from(frame.header().record_count);
@@ -314,7 +348,7 @@ impl<B: AsyncBlobStore> IngestService<B> {
                 warn!(%tenant, found = %frame.tenant(), batch = %batch_id, "frame of another workspace");
             }
             if st.in_flight.contains(&batch_id) {
-                push(&mut fates, answer(Outcome::Transient, "in_flight"));
+                push(fates, answer(Outcome::Transient, "in_flight"));
                 continue;
             }
             match st.ready(
@@ -334,13 +368,13 @@ impl<B: AsyncBlobStore> IngestService<B> {
                     } else {
                         answer(Outcome::Rejected, "tenant_mismatch")
                     };
-                    push(&mut fates, fate);
+                    push(fates, fate);
                     continue;
                 }
             }
             let st = &mut *st;
             let Some(ring) = st.ring.as_mut() else {
-                push(&mut fates, answer(Outcome::Transient, "key_ring"));
+                push(fates, answer(Outcome::Transient, "key_ring"));
                 continue;
             };
             let report = match st.ingest.handle_request(
@@ -353,7 +387,7 @@ impl<B: AsyncBlobStore> IngestService<B> {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%tenant, error = %e, "ingest refused the request");
-                    push(&mut fates, answer(Outcome::Transient, "ingest"));
+                    push(fates, answer(Outcome::Transient, "ingest"));
                     continue;
                 }
             };
@@ -391,9 +425,8 @@ impl<B: AsyncBlobStore> IngestService<B> {
                 // remembered but unstored.
                 st.ingest.handle_store_failed(op);
             }
-            push(&mut fates, fate);
+            push(fates, fate);
         }
-        (fates, bad)
     }
 }
 
