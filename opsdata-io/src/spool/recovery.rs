@@ -1,0 +1,387 @@
+//! [`FileSpool::open`]: recovering a spool from its directory.
+
+use super::*;
+
+/// A segment recovery moved aside.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct MovedAside {
+    /// Where the segment now is (its name with `.corrupt` appended).
+    pub path: PathBuf,
+    /// Offset of the first entry that could not be read.
+    pub offset: u64,
+    /// Bytes from there to the end of the file: the frames and markers in
+    /// them are lost (a lost marker brings its frame back: a resend,
+    /// or a dropped batch held again).
+    pub bytes_lost: u64,
+    /// Live frames of the good prefix, re-appended to the spool.
+    pub frames_kept: usize,
+    /// Why.
+    pub reason: Corruption,
+}
+
+/// What [`FileSpool::open`] found.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+#[must_use]
+pub struct SpoolRecovery {
+    /// Live frames.
+    pub frames: usize,
+    /// Their bytes: the held bytes, recomputed from disk.
+    pub held_bytes: u64,
+    /// Bytes of segment files after recovery.
+    pub disk_bytes: u64,
+    /// Segment files read.
+    pub segments: usize,
+    /// Bytes cut off the last segment: an incomplete last entry, or an
+    /// unreadable one followed only by zeros (and those zeros).
+    pub torn_bytes: u64,
+    /// Segments moved aside, with what was kept and lost.
+    pub moved_aside: Vec<MovedAside>,
+    /// Segment files older than the checkpoint, deleted (left by a crash
+    /// between a checkpoint and the deletion it allowed).
+    pub stale_segments_removed: usize,
+    /// Whether a checkpoint file was present but unreadable (recovery then
+    /// reads every segment; at worst dead frames come back and are resent).
+    pub checkpoint_ignored: bool,
+}
+
+/// A segment whose scan stopped at a bad entry.
+pub(super) struct Damaged {
+    seg: u64,
+    good_len: u64,
+    file_len: u64,
+    reason: Corruption,
+    /// Batch ids its good prefix removed: their markers are re-appended.
+    removed: BTreeSet<BatchId>,
+}
+
+impl FileSpool {
+    /// Opens (or creates) the spool in `dir` and recovers it: reads every
+    /// segment from the checkpoint on, one entry at a time; cuts an
+    /// incomplete last entry, or an unreadable one followed only by zeros,
+    /// off the last segment; moves a
+    /// segment with a bad entry elsewhere aside (`*.corrupt`), re-appending
+    /// the live frames and markers of its good prefix; recomputes the held
+    /// bytes from what is on disk.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Locked`] if another spool has `dir` open;
+    /// [`SpoolError::Io`] / [`SpoolError::DiskFull`] if a file cannot be
+    /// read, written, renamed or synced. Damaged contents are not errors:
+    /// they are repaired and reported in [`SpoolRecovery`].
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: SpoolConfig,
+    ) -> Result<(FileSpool, SpoolRecovery), SpoolError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_error("create directory", &dir))?;
+        let lock_path = dir.join(LOCK_NAME);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir }),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
+        }
+        let mut report = SpoolRecovery::default();
+
+        // The checkpoint: segments before its first are dead.
+        let ckpt_path = dir.join(CHECKPOINT_NAME);
+        // At most one byte past a checkpoint's length is read: whatever
+        // the file holds, a longer one is not a checkpoint.
+        let read_checkpoint = || -> io::Result<Vec<u8>> {
+            let mut b = Vec::with_capacity(21);
+            File::open(&ckpt_path)?
+                .take(CHECKPOINT_LEN + 1)
+                .read_to_end(&mut b)?;
+            Ok(b)
+        };
+        let first = match read_checkpoint() {
+            Ok(b) => match <[u8; 20]>::try_from(b.as_slice())
+                .ok()
+                .and_then(|b| parse_versioned_record(CHECKPOINT_MAGIC, &b))
+            {
+                Some(first) => first,
+                None => {
+                    report.checkpoint_ignored = true;
+                    0
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_error("read", &ckpt_path)(e)),
+        };
+        let tmp = dir.join(CHECKPOINT_TMP);
+        if tmp.exists() {
+            fs::remove_file(&tmp).map_err(io_error("remove", &tmp))?;
+        }
+
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
+            let entry = entry.map_err(io_error("list", &dir))?;
+            if let Some(seg) = entry.file_name().to_str().and_then(parse_segment_name) {
+                found.push(seg);
+            }
+        }
+        found.sort_unstable();
+        let mut segments = Vec::new();
+        for seg in found {
+            if seg < first {
+                let p = dir.join(segment_name(seg));
+                fs::remove_file(&p).map_err(io_error("remove", &p))?;
+                report.stale_segments_removed += 1;
+            } else {
+                segments.push(seg);
+            }
+        }
+        report.segments = segments.len();
+
+        let mut index: BTreeMap<BatchId, Loc> = BTreeMap::new();
+        let mut order: BTreeMap<(u64, u64), BatchId> = BTreeMap::new();
+        let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut damaged: Vec<Damaged> = Vec::new();
+        let max_frame_len = config.max_frame_len();
+        for (i, &seg) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let path = dir.join(segment_name(seg));
+            let file = File::open(&path).map_err(io_error("open", &path))?;
+            let file_len = file.metadata().map_err(io_error("stat", &path))?.len();
+            let mut scanner = Scanner {
+                reader: BufReader::with_capacity(64 << 10, file),
+                pos: 0,
+                file_len,
+                max_frame_len,
+                limits: config.limits,
+            };
+            let read_err = io_error("read", &path);
+            let mut removed = BTreeSet::new();
+            let header_ok = if file_len < SEGMENT_HEADER_LEN {
+                None
+            } else {
+                let mut h = [0u8; 20];
+                scanner.read(&mut h).map_err(read_err)?;
+                Some(parse_versioned_record(SEGMENT_MAGIC, &h) == Some(seg))
+            };
+            let stop = match header_ok {
+                None => Some((0, Stop::Incomplete)),
+                Some(false) => Some((0, Stop::Bad(Corruption::SegmentHeader))),
+                Some(true) => loop {
+                    let at = scanner.pos;
+                    match scanner.next().map_err(io_error("read", &path))? {
+                        Ok(None) => break None,
+                        Ok(Some(Entry::Marker { batch_id })) => {
+                            if let Some(old) = index.remove(&batch_id) {
+                                order.remove(&old.key);
+                            }
+                            removed.insert(batch_id);
+                        }
+                        Ok(Some(Entry::Frame {
+                            offset,
+                            frame_len,
+                            entry_len,
+                            batch_id,
+                            moved_from,
+                        })) => {
+                            let key = moved_from.unwrap_or((seg, at));
+                            let loc = Loc {
+                                seg,
+                                offset,
+                                frame_len,
+                                entry_len,
+                                key,
+                            };
+                            if let Some(old) = index.insert(batch_id, loc) {
+                                order.remove(&old.key);
+                            }
+                            order.insert(key, batch_id);
+                            removed.remove(&batch_id);
+                        }
+                        Err(stop) => break Some((at, stop)),
+                    }
+                },
+            };
+            match stop {
+                None => {
+                    sizes.insert(seg, file_len);
+                }
+                Some((at, stop)) => {
+                    let torn = last
+                        && match &stop {
+                            Stop::Incomplete => true,
+                            // A bad entry followed by nothing but zeros to
+                            // the end of the file (or by nothing at all) is
+                            // what a crash leaves when the file grew before
+                            // its data was written: torn too. Cutting it
+                            // off loses only that entry.
+                            Stop::Bad(_) => {
+                                scanner.rest_is_zero().map_err(io_error("read", &path))?
+                            }
+                        };
+                    if torn {
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(io_error("open", &path))?;
+                        if at == 0 {
+                            // Not even a whole header: write it afresh.
+                            f.set_len(0).map_err(io_error("truncate", &path))?;
+                            (&f).write_all(&versioned_record(SEGMENT_MAGIC, seg))
+                                .map_err(io_error("write", &path))?;
+                            report.torn_bytes += file_len;
+                            sizes.insert(seg, SEGMENT_HEADER_LEN);
+                        } else {
+                            f.set_len(at).map_err(io_error("truncate", &path))?;
+                            report.torn_bytes += file_len - at;
+                            sizes.insert(seg, at);
+                        }
+                        f.sync_data().map_err(io_error("sync", &path))?;
+                    } else {
+                        let reason = match stop {
+                            Stop::Incomplete => Corruption::Truncated,
+                            Stop::Bad(c) => c,
+                        };
+                        sizes.insert(seg, at);
+                        damaged.push(Damaged {
+                            seg,
+                            good_len: at,
+                            file_len,
+                            reason,
+                            removed,
+                        });
+                    }
+                }
+            }
+        }
+
+        // The tail: the last segment, unless it is damaged or missing.
+        let last_seg = segments.last().copied();
+        let tail_damaged = last_seg.is_some_and(|s| damaged.iter().any(|d| d.seg == s));
+        let (tail_seg, create) = match last_seg {
+            Some(s) if !tail_damaged => (s, false),
+            Some(s) => (
+                s.checked_add(1)
+                    .ok_or_else(|| SpoolError::SegmentNumbersExhausted {
+                        dir: dir.clone(),
+                        last: s,
+                    })?,
+                true,
+            ),
+            None => (first.max(1), true),
+        };
+        let tail_path = dir.join(segment_name(tail_seg));
+        let tail = OpenOptions::new()
+            .create(create)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&tail_path)
+            .map_err(io_error("open", &tail_path))?;
+        if create {
+            tail.set_len(0).map_err(io_error("truncate", &tail_path))?;
+            (&tail)
+                .write_all(&versioned_record(SEGMENT_MAGIC, tail_seg))
+                .map_err(io_error("write", &tail_path))?;
+            tail.sync_data().map_err(io_error("sync", &tail_path))?;
+            sync_dir(&dir)?;
+            sizes.insert(tail_seg, SEGMENT_HEADER_LEN);
+        }
+        let tail_len = sizes[&tail_seg];
+
+        let mut segs: BTreeMap<u64, SegInfo> = sizes
+            .iter()
+            .map(|(&s, &size)| {
+                (
+                    s,
+                    SegInfo {
+                        size,
+                        ..SegInfo::default()
+                    },
+                )
+            })
+            .collect();
+        let mut held_bytes = 0;
+        let mut live_entry_bytes = 0;
+        for loc in index.values() {
+            // Every location was read from a segment whose size is in
+            // `sizes`, so the entry exists.
+            let info = segs.entry(loc.seg).or_default();
+            info.live_frames += 1;
+            info.live_bytes += loc.entry_len;
+            held_bytes += loc.frame_len;
+            live_entry_bytes += loc.entry_len;
+        }
+        let mut spool = FileSpool {
+            dir,
+            config,
+            index,
+            order,
+            segs,
+            tail_seg,
+            tail,
+            tail_len,
+            tail_dirty: false,
+            tail_unsynced: false,
+            poisoned: false,
+            #[cfg(test)]
+            fail_syncs: false,
+            #[cfg(test)]
+            tail_syncs: 0,
+            disk_bytes: 0,
+            held_bytes,
+            live_entry_bytes,
+            reader: None,
+            _lock: lock,
+        };
+        spool.seek_tail()?;
+        spool.disk_bytes = spool.segs.values().map(|s| s.size).sum();
+
+        // Damaged segments: keep their good prefix, then move them aside.
+        for d in damaged {
+            let live: Vec<BatchId> = spool
+                .order
+                .values()
+                .copied()
+                .filter(|id| spool.index[id].seg == d.seg)
+                .collect();
+            for &id in &live {
+                spool.relocate(id)?;
+            }
+            for &id in &d.removed {
+                if !spool.index.contains_key(&id) {
+                    spool.append(&marker_record(id))?;
+                }
+            }
+            spool.sync_tail()?;
+            let from = spool.dir.join(segment_name(d.seg));
+            let mut to = from.clone().into_os_string();
+            to.push(CORRUPT_SUFFIX);
+            let to = PathBuf::from(to);
+            fs::rename(&from, &to).map_err(io_error("rename", &from))?;
+            spool.sync_directory()?;
+            if let Some(info) = spool.segs.remove(&d.seg) {
+                spool.disk_bytes -= info.size;
+            }
+            spool.reader = None;
+            report.moved_aside.push(MovedAside {
+                path: to,
+                offset: d.good_len,
+                bytes_lost: d.file_len - d.good_len,
+                frames_kept: live.len(),
+                reason: d.reason,
+            });
+        }
+        let first_live = *spool.segs.keys().next().unwrap_or(&spool.tail_seg);
+        spool.write_checkpoint(first_live)?;
+        spool.maintain()?;
+
+        report.frames = spool.index.len();
+        report.held_bytes = spool.held_bytes;
+        report.disk_bytes = spool.disk_bytes;
+        Ok((spool, report))
+    }
+}

@@ -1,0 +1,170 @@
+//! Reading a segment one entry at a time, and finding the next intact
+//! entry after damage.
+
+use super::*;
+
+/// One entry read by the scanner.
+pub(super) enum Entry {
+    Frame {
+        offset: u64,
+        frame_len: u64,
+        entry_len: u64,
+        batch_id: BatchId,
+        moved_from: Option<(u64, u64)>,
+    },
+    Marker {
+        batch_id: BatchId,
+    },
+}
+
+/// Why a scan stopped before the end of its file.
+pub(super) enum Stop {
+    /// The file ends inside the entry.
+    Incomplete,
+    /// The entry is whole but bad.
+    Bad(Corruption),
+}
+
+/// Reads a segment one entry at a time.
+pub(super) struct Scanner {
+    pub(super) reader: BufReader<File>,
+    pub(super) pos: u64,
+    pub(super) file_len: u64,
+    pub(super) max_frame_len: u64,
+    pub(super) limits: FrameLimits,
+}
+
+impl Scanner {
+    pub(super) fn remaining(&self) -> u64 {
+        self.file_len - self.pos
+    }
+
+    pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.reader.read_exact(buf)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Whether every byte from here to the end of the file is zero (what a
+    /// crash leaves when the file grew before its data was written).
+    pub(super) fn rest_is_zero(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 8 << 10];
+        while self.remaining() > 0 {
+            let n = usize::try_from(self.remaining()).map_or(buf.len(), |r| r.min(buf.len()));
+            self.read(&mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next entry; `Ok(None)` at the end of the file. On a `Stop`, the
+    /// entry started at the position before the call.
+    pub(super) fn next(&mut self) -> io::Result<Result<Option<Entry>, Stop>> {
+        if self.remaining() == 0 {
+            return Ok(Ok(None));
+        }
+        if self.remaining() < 4 {
+            return Ok(Err(Stop::Incomplete));
+        }
+        let mut magic = [0u8; 4];
+        self.read(&mut magic)?;
+        match magic {
+            MARKER_MAGIC | MOVE_MAGIC => {
+                if self.remaining() < 20 {
+                    return Ok(Err(Stop::Incomplete));
+                }
+                let mut rec = [0u8; 24];
+                rec[..4].copy_from_slice(&magic);
+                self.read(&mut rec[4..])?;
+                if u32_at(&rec, 20) != crc(&rec[..20]) {
+                    return Ok(Err(Stop::Bad(Corruption::RecordCrc)));
+                }
+                if magic == MARKER_MAGIC {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(&rec[4..20]);
+                    return Ok(match BatchId::new(uuid::Uuid::from_bytes(id)) {
+                        Ok(batch_id) => Ok(Some(Entry::Marker { batch_id })),
+                        Err(_) => Err(Stop::Bad(Corruption::NilMarker)),
+                    });
+                }
+                let key = (u64_at(&rec, 4), u64_at(&rec, 12));
+                if self.remaining() < 4 {
+                    return Ok(Err(Stop::Incomplete));
+                }
+                let mut fmagic = [0u8; 4];
+                self.read(&mut fmagic)?;
+                if fmagic != FRAME_MAGIC {
+                    return Ok(Err(Stop::Bad(Corruption::MoveWithoutFrame)));
+                }
+                Ok(self.frame_after_magic(Some(key))?)
+            }
+            FRAME_MAGIC => Ok(self.frame_after_magic(None)?),
+            other => Ok(Err(Stop::Bad(Corruption::UnknownEntry(other)))),
+        }
+    }
+
+    pub(super) fn frame_after_magic(
+        &mut self,
+        moved_from: Option<(u64, u64)>,
+    ) -> io::Result<Result<Option<Entry>, Stop>> {
+        let offset = self.pos - 4;
+        // The prefix: the fixed header, the seal section if SEALED, and the
+        // header CRC, which covers the SEALED bit and body_len. Nothing in
+        // the header is used before that CRC is checked: a length with a
+        // flipped bit must not make a whole frame look cut short.
+        let mut prefix = [0u8; FIXED_HEADER_LEN + SEAL_SECTION_LEN + 4];
+        prefix[..4].copy_from_slice(&FRAME_MAGIC);
+        if self.remaining() < 2 {
+            return Ok(Err(Stop::Incomplete));
+        }
+        self.read(&mut prefix[4..6])?;
+        let sealed = prefix[5] & 0x01 != 0;
+        let hlen = FIXED_HEADER_LEN + if sealed { SEAL_SECTION_LEN } else { 0 };
+        let prefix_len = hlen + 4;
+        if self.remaining() < (prefix_len - 6) as u64 {
+            return Ok(Err(Stop::Incomplete));
+        }
+        self.read(&mut prefix[6..prefix_len])?;
+        let computed = crc(&prefix[..hlen]);
+        let stored = u32_at(&prefix, hlen);
+        if computed != stored {
+            return Ok(Err(Stop::Bad(Corruption::Frame(FrameError::HeaderCrc {
+                computed,
+                stored,
+            }))));
+        }
+        let mut head = [0u8; FIXED_HEADER_LEN];
+        head.copy_from_slice(&prefix[..FIXED_HEADER_LEN]);
+        let header = match FrameHeader::parse(&head) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(Stop::Bad(Corruption::Frame(e)))),
+        };
+        let frame_len = header.frame_len() as u64;
+        if frame_len > self.max_frame_len {
+            return Ok(Err(Stop::Bad(Corruption::FrameTooLarge {
+                len: frame_len,
+                max: self.max_frame_len,
+            })));
+        }
+        let rest = frame_len - prefix_len as u64;
+        if self.remaining() < rest {
+            return Ok(Err(Stop::Incomplete));
+        }
+        // Bounded: frame_len ≤ max_frame_len, checked above.
+        let mut bytes = vec![0u8; usize::try_from(frame_len).unwrap_or(usize::MAX)];
+        bytes[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
+        self.read(&mut bytes[prefix_len..])?;
+        match Frame::decode(Bytes::from(bytes), &self.limits) {
+            Ok(frame) => Ok(Ok(Some(Entry::Frame {
+                offset,
+                frame_len,
+                entry_len: frame_len + if moved_from.is_some() { MOVE_LEN } else { 0 },
+                batch_id: frame.batch_id(),
+                moved_from,
+            }))),
+            Err(e) => Ok(Err(Stop::Bad(Corruption::Frame(e)))),
+        }
+    }
+}
