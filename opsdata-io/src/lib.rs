@@ -66,9 +66,9 @@ mod wire;
 pub use blobs::AzureBlobConfig;
 pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};
 pub use spool::{
-    CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, FileSpool, MARKER_LEN, MARKER_MAGIC, MOVE_LEN,
-    MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SpoolConfig, SpoolConfigError,
-    SpoolError, SpoolRecovery,
+    CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, DamagedFrame, DamagedRange, FileSpool,
+    MARKER_LEN, MARKER_MAGIC, MOVE_LEN, MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    SpoolConfig, SpoolConfigError, SpoolError, SpoolRecovery,
 };
 pub use tls::{
     Clock, ServiceConfig, ServiceEvent, ServiceHandle, ServiceSettings, ServiceState, ServiceStats,

@@ -53,7 +53,7 @@ impl SpoolConfig {
     /// # Errors
     ///
     /// [`SpoolConfigError::DiskTooSmall`] if the bound leaves no room for
-    /// one largest frame (about 68 MiB with the defaults).
+    /// five largest frames (about 76 MiB with the defaults).
     pub fn new(max_disk_bytes: u64) -> Result<Self, SpoolConfigError> {
         SpoolConfig {
             max_disk_bytes,
@@ -80,7 +80,7 @@ impl SpoolConfig {
     ///
     /// # Errors
     ///
-    /// [`SpoolConfigError::DiskTooSmall`] if it leaves no room for four
+    /// [`SpoolConfigError::DiskTooSmall`] if it leaves no room for five
     /// largest frames (one for the outbox limit) besides the overhead of
     /// [`outbox_limit_bytes`](Self::outbox_limit_bytes).
     pub fn with_max_disk_bytes(mut self, max_disk_bytes: u64) -> Result<Self, SpoolConfigError> {
@@ -152,32 +152,33 @@ impl SpoolConfig {
     }
 
     /// Bytes of the disk bound not available to frames:
-    /// `3·segment_bytes + max_frame_len + 108` (see
+    /// `3·segment_bytes + 2·max_frame_len + 244` (see
     /// [`outbox_limit_bytes`](Self::outbox_limit_bytes)).
     fn fixed_overhead(&self) -> u64 {
-        3 * self.segment_bytes + self.max_frame_len() + 108
+        3 * self.segment_bytes + 2 * self.max_frame_len() + 244
     }
 
     /// The [`opsdata::DeliveryPolicy::limit_bytes`] to configure the outbox
     /// with, so that the spool never reaches its bound in steady state:
-    /// `(max_disk_bytes − 3·segment_bytes − max_frame_len − 108) / 4`.
+    /// `(max_disk_bytes − 3·segment_bytes − 2·max_frame_len − 244) / 5`.
     ///
-    /// Why (the proof is in `docs/SPOOL.md`, *The disk bound*): with `L`
-    /// bytes of frames held in `n` frames, a frame is at least 72 bytes, so
-    /// `n ≤ L/72`; the live entries take `V ≤ L + 24n ≤ 4L/3` (a move
-    /// record is 24 bytes) and the marker reserve is `44(n+1) ≤ 11L/18 +
-    /// 44`. After compaction the files hold at most `2V + 2·segment_bytes`;
-    /// a persist adds at most a frame, a segment header and its 44-byte
-    /// reserve; a remove adds at most its marker and a segment header,
-    /// which its frame's reserve already counted; compacting the oldest
-    /// segment adds at most its live entries (under one segment) plus 44
-    /// bytes per frame moved, each frame at most once per call. So the
-    /// files and reserve never pass `35L/9 + 3·segment_bytes +
-    /// max_frame_len + 108`, which `L ≤` this limit keeps within
-    /// `max_disk_bytes` (`35/9 < 4`).
+    /// Why (the proof is in `docs/SPOOL.md`, *The disk bound*): with at
+    /// most `Λ` (this limit) bytes of frames held, a frame is at least 72
+    /// bytes, so the live entries take at most `4Λ/3` (a move record is 24
+    /// bytes) and the removal reserve (68 bytes a frame: two markers and a
+    /// segment header) at most `17Λ/18 + 68`. Outside a compaction pass the
+    /// files hold at most twice the live entries plus two segments; a
+    /// persist adds at most a frame, a segment header and its reserve
+    /// (`max_frame_len + 88`); a remove adds nothing its reserve did not
+    /// count; a pass moves each frame at most once (44 bytes more each, one
+    /// segment's copies in flight), while the persists during it add at
+    /// most a quarter of what it copies (its budget: a persist of `ℓ`
+    /// bytes copies `4·(ℓ + 88)`). So the files and reserve never pass
+    /// `41Λ/9 + 3·segment_bytes + 2·max_frame_len + 244`, within
+    /// `max_disk_bytes` (`41/9 < 5`).
     #[must_use]
     pub fn outbox_limit_bytes(&self) -> u64 {
-        self.max_disk_bytes.saturating_sub(self.fixed_overhead()) / 4
+        self.max_disk_bytes.saturating_sub(self.fixed_overhead()) / 5
     }
 
     fn validated(self) -> Result<Self, SpoolConfigError> {
@@ -189,7 +190,7 @@ impl SpoolConfig {
             });
         }
         // The outbox limit must hold at least one largest frame.
-        let min_disk = self.fixed_overhead() + 4 * self.max_frame_len();
+        let min_disk = self.fixed_overhead() + 5 * self.max_frame_len();
         if self.max_disk_bytes < min_disk {
             return Err(SpoolConfigError::DiskTooSmall {
                 max_disk_bytes: self.max_disk_bytes,

@@ -28,9 +28,14 @@ pub(super) const CHECKPOINT_NAME: &str = "CHECKPOINT";
 pub(super) const CHECKPOINT_TMP: &str = "CHECKPOINT.tmp";
 pub(super) const LOCK_NAME: &str = "LOCK";
 pub(super) const CORRUPT_SUFFIX: &str = ".corrupt";
-/// Room kept for each live frame's eventual removal marker, and the segment
-/// header of a roll that marker might cause.
-pub(super) const MARKER_RESERVE: u64 = MARKER_LEN + SEGMENT_HEADER_LEN;
+/// Bytes a removal appends: its marker, twice.
+pub(super) const REMOVAL_LEN: u64 = 2 * MARKER_LEN;
+/// Room kept for each live frame's eventual removal (two markers), and the
+/// segment header of a roll it might cause.
+pub(super) const MARKER_RESERVE: u64 = REMOVAL_LEN + SEGMENT_HEADER_LEN;
+/// A persist of `len` bytes may copy `COMPACTION_FACTOR · (len + 88)` bytes
+/// of entries to compact (`docs/SPOOL.md`).
+pub(super) const COMPACTION_FACTOR: u64 = 4;
 
 pub(super) fn segment_name(seg: u64) -> String {
     format!("seg-{seg:016x}.log")
@@ -89,6 +94,16 @@ pub(super) fn marker_record(batch_id: BatchId) -> [u8; 24] {
     b[4..20].copy_from_slice(batch_id.as_bytes());
     let c = crc(&b[..20]);
     b[20..].copy_from_slice(&c.to_be_bytes());
+    b
+}
+
+/// A removal as written: the marker twice, back to back, so that damage
+/// confined to one copy leaves the other (`docs/SPOOL.md`).
+pub(super) fn marker_pair(batch_id: BatchId) -> [u8; 48] {
+    let m = marker_record(batch_id);
+    let mut b = [0u8; 48];
+    b[..24].copy_from_slice(&m);
+    b[24..].copy_from_slice(&m);
     b
 }
 

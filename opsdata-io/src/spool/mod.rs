@@ -52,7 +52,7 @@ pub use format::{
     CHECKPOINT_LEN, CHECKPOINT_MAGIC, MARKER_LEN, MARKER_MAGIC, MOVE_LEN, MOVE_MAGIC,
     SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
-pub use recovery::{MovedAside, SpoolRecovery};
+pub use recovery::{DamagedFrame, DamagedRange, MovedAside, SpoolRecovery};
 
 use error::io_error;
 use format::*;
@@ -152,6 +152,12 @@ pub struct FileSpool {
     held_bytes: u64,
     live_entry_bytes: u64,
     reader: Option<(u64, File)>,
+    /// The compaction pass in progress: segments below this number are
+    /// compacted.
+    pass: Option<u64>,
+    /// The segment being compacted, and its live frames not yet copied
+    /// (the next one last).
+    compacting: Option<(u64, Vec<BatchId>)>,
     /// Held for the spool's life: the directory's lock.
     _lock: File,
 }
@@ -443,53 +449,104 @@ impl FileSpool {
         MARKER_RESERVE * (live + 1)
     }
 
-    /// Reclaims space: drops the oldest segments once nothing in them is
-    /// live, and compacts the oldest segment (its live frames re-appended)
-    /// while the files exceed twice the live entries plus two segments.
-    /// Only the oldest segments are ever dropped, so a marker is never
-    /// dropped before the frame it removes. Dropped segments are recorded
-    /// in a checkpoint (the tail synced first) and deleted before the next
-    /// segment is compacted, so the files never hold more than one
-    /// segment's copies on top of what they held. Segments from the tail at
-    /// the start of the call on are not compacted, so a frame is moved at
-    /// most once per call. (The disk bound this keeps is proved in
-    /// `docs/SPOOL.md`.)
-    fn maintain(&mut self) -> Result<(), SpoolError> {
-        let last = self.tail_seg;
+    /// The compaction budget of a persist of `len` bytes: the bytes of
+    /// entries it may copy (`4·(len + 88)`; `docs/SPOOL.md`, *The work of
+    /// one call*).
+    fn budget(len: u64) -> u64 {
+        COMPACTION_FACTOR * (len + MARKER_RESERVE + SEGMENT_HEADER_LEN)
+    }
+
+    /// Reclaims space, copying at most about `budget` bytes: drops the
+    /// oldest segments once nothing in them is live, and compacts the
+    /// oldest segment (its live frames re-appended) while the files exceed
+    /// twice the live entries plus two segments. A compaction **pass**
+    /// covers the segments older than the tail at its start, so a frame is
+    /// moved at most once per pass; a pass goes on over as many calls as
+    /// its budget takes, one frame at a time (it stops as soon as the
+    /// copies made reach `budget`, so a call copies less than `budget`
+    /// plus one entry). The segment being compacted is checked against the
+    /// threshold when it is started only. Only the oldest segments are ever
+    /// dropped, so a marker is never dropped before the frame it removes.
+    /// Dropped segments are recorded in a checkpoint (the tail synced
+    /// first) and deleted before the next segment is started, so the files
+    /// never hold more than one segment's copies on top of what they held.
+    /// (The disk bound this keeps is proved in `docs/SPOOL.md`.)
+    fn maintain(&mut self, budget: u64) -> Result<(), SpoolError> {
         let mut dropped = Vec::new();
+        let mut copied = 0u64;
         while let Some((head, info)) = self
             .segs
             .iter()
             .map(|(&s, &i)| (s, i))
             .find(|(s, _)| !dropped.contains(s))
         {
-            if head >= last {
+            if head >= self.tail_seg {
+                self.pass = None;
                 break;
             }
-            if info.live_frames > 0 {
+            if info.live_frames == 0 {
+                dropped.push(head);
+                self.compacting = None;
+                continue;
+            }
+            if self.compacting.as_ref().is_none_or(|(s, _)| *s != head) {
+                // Starting a segment: is compaction (still) due?
                 self.drop_segments(&mut dropped)?;
+                if self.pass.is_some_and(|end| head >= end) {
+                    self.pass = None;
+                }
                 let slack = 2 * self.live_entry_bytes + 2 * self.config.segment_bytes;
-                // Each copy gains at most a move record and may roll to a
-                // new segment.
-                let copy = info.live_bytes
-                    + (MOVE_LEN + SEGMENT_HEADER_LEN) * info.live_frames
-                    + SEGMENT_HEADER_LEN;
-                let fits = self.disk_bytes + copy + self.marker_reserve(self.index.len() as u64)
-                    <= self.config.max_disk_bytes;
-                if self.disk_bytes <= slack || !fits {
+                if self.disk_bytes <= slack {
+                    self.pass = None;
                     break;
                 }
-                let live: Vec<BatchId> = self
+                if self.pass.is_none() {
+                    self.pass = Some(self.tail_seg);
+                }
+                let mut queue: Vec<BatchId> = self
                     .index
                     .iter()
                     .filter(|(_, l)| l.seg == head)
                     .map(|(id, _)| *id)
                     .collect();
-                for id in live {
-                    self.relocate(id)?;
-                }
+                queue.reverse();
+                self.compacting = Some((head, queue));
             }
-            dropped.push(head);
+            if copied >= budget {
+                break;
+            }
+            let next = self.compacting.as_mut().and_then(|(_, q)| q.pop());
+            let Some(id) = next else {
+                // Every frame of the queue was copied, removed or replaced
+                // since: none is left in the head.
+                self.compacting = None;
+                if self.segs.get(&head).is_some_and(|i| i.live_frames == 0) {
+                    dropped.push(head);
+                    continue;
+                }
+                // Invariant: the queue listed every live frame of the head
+                // and a frame never moves into an older segment, so this
+                // cannot happen; stop rather than loop.
+                break;
+            };
+            let Some(&loc) = self.index.get(&id) else {
+                continue;
+            };
+            if loc.seg != head {
+                continue;
+            }
+            // The copy gains at most a move record and may roll to a new
+            // segment.
+            let copy = MOVE_LEN + loc.frame_len + SEGMENT_HEADER_LEN;
+            let fits = self.disk_bytes + copy + self.marker_reserve(self.index.len() as u64)
+                <= self.config.max_disk_bytes;
+            if !fits {
+                self.pass = None;
+                self.compacting = None;
+                break;
+            }
+            self.relocate(id)?;
+            copied += MOVE_LEN + loc.frame_len;
         }
         self.drop_segments(&mut dropped)
     }
@@ -549,7 +606,7 @@ impl Spool for FileSpool {
         if len > max {
             return Err(SpoolError::FrameTooLarge { len, max });
         }
-        self.maintain()?;
+        self.maintain(Self::budget(len))?;
         let replaced = u64::from(self.index.contains_key(&batch_id));
         let live = self.index.len() as u64 + 1 - replaced;
         let needed = len + SEGMENT_HEADER_LEN + self.marker_reserve(live);
@@ -599,7 +656,7 @@ impl Spool for FileSpool {
         if !self.index.contains_key(&batch_id) {
             return Ok(());
         }
-        self.append(&marker_record(batch_id))?;
+        self.append(&marker_pair(batch_id))?;
         if self.config.sync_removals {
             // The marker is written: a failed sync leaves it to the page
             // cache, and the frame counts as removed either way.
@@ -690,7 +747,7 @@ mod tests {
         }
         assert_eq!(spool.segs[&head].live_frames, 0);
         let syncs = spool.tail_syncs;
-        spool.maintain().unwrap();
+        spool.maintain(u64::MAX).unwrap();
         assert!(!spool.segs.contains_key(&head), "the head was dropped");
         assert!(spool.tail_syncs > syncs, "the copies were synced first");
         assert!(!spool.tail_unsynced);
@@ -809,7 +866,7 @@ mod tests {
             Err(SpoolConfigError::DiskTooSmall { .. })
         ));
         // The outbox limit leaves the documented overhead and a quarter.
-        let expect = ((1u64 << 30) - 3 * c.segment_bytes() - c.max_frame_len() - 108) / 4;
+        let expect = ((1u64 << 30) - 3 * c.segment_bytes() - 2 * c.max_frame_len() - 244) / 5;
         assert_eq!(c.outbox_limit_bytes(), expect);
         assert!(c.outbox_limit_bytes() >= c.max_frame_len());
     }

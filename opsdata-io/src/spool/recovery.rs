@@ -2,22 +2,62 @@
 
 use super::*;
 
-/// A segment recovery moved aside.
+/// A segment recovery moved aside after finding damage in it.
+///
+/// Recovery reads every entry of a damaged segment that passes its checks,
+/// before and after the damage, re-appends its live frames (and the
+/// removal markers it held for frames elsewhere) to the spool, and then
+/// renames the segment `….log.corrupt` for the operator.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct MovedAside {
     /// Where the segment now is (its name with `.corrupt` appended).
     pub path: PathBuf,
-    /// Offset of the first entry that could not be read.
+    /// Offset of the first byte skipped.
     pub offset: u64,
-    /// Bytes from there to the end of the file: the frames and markers in
-    /// them are lost (a lost marker brings its frame back: a resend,
-    /// or a dropped batch held again).
+    /// Bytes skipped in this segment (the sum of its `damage` ranges):
+    /// only these are lost.
     pub bytes_lost: u64,
-    /// Live frames of the good prefix, re-appended to the spool.
+    /// Live frames of the segment (before and after the damage),
+    /// re-appended to the spool.
     pub frames_kept: usize,
-    /// Why.
+    /// Every range skipped (why, in each range's `reason`), in file order.
+    pub damage: Vec<DamagedRange>,
+}
+
+/// A range of a segment that failed its checks and was skipped: from the
+/// start of a bad entry to the next entry that passes every check (or the
+/// end of the file).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DamagedRange {
+    /// Offset of its first byte.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// Why its first entry failed.
     pub reason: Corruption,
+}
+
+/// A frame that failed its checks but whose header (under its own CRC)
+/// was intact, so what it was is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DamagedFrame {
+    /// The batch id.
+    pub batch_id: BatchId,
+    /// The tenant.
+    pub tenant: opsdata::TenantId,
+    /// The data type.
+    pub data_type: opsdata::DataType,
+    /// The segment it was in.
+    pub segment: u64,
+    /// Its offset there (of its move record, if it had one).
+    pub offset: u64,
+    /// Whether the batch is lost: no intact copy of it is held and no
+    /// removal marker after the damage removed it (`false`: it had been
+    /// removed, or another copy was recovered).
+    pub lost: bool,
 }
 
 /// What [`FileSpool::open`] found.
@@ -36,7 +76,13 @@ pub struct SpoolRecovery {
     /// Bytes cut off the last segment: an incomplete last entry, or an
     /// unreadable one followed only by zeros (and those zeros).
     pub torn_bytes: u64,
-    /// Segments moved aside, with what was kept and lost.
+    /// Bytes skipped as damaged in all segments (torn bytes not included).
+    pub bytes_skipped: u64,
+    /// Frames that failed their checks but whose header was readable, in
+    /// the order found. Frames damaged in their header are only counted
+    /// in `bytes_skipped`.
+    pub damaged_frames: Vec<DamagedFrame>,
+    /// Segments moved aside, with what was kept and skipped.
     pub moved_aside: Vec<MovedAside>,
     /// Segment files older than the checkpoint, deleted (left by a crash
     /// between a checkpoint and the deletion it allowed).
@@ -46,14 +92,75 @@ pub struct SpoolRecovery {
     pub checkpoint_ignored: bool,
 }
 
-/// A segment whose scan stopped at a bad entry.
+/// A segment in which damage was skipped.
 pub(super) struct Damaged {
     seg: u64,
-    good_len: u64,
-    file_len: u64,
-    reason: Corruption,
-    /// Batch ids its good prefix removed: their markers are re-appended.
+    damage: Vec<DamagedRange>,
+    /// Batch ids its markers removed: their markers are re-appended.
     removed: BTreeSet<BatchId>,
+}
+
+/// What the scan of all segments builds.
+#[derive(Default)]
+struct Scan {
+    index: BTreeMap<BatchId, Loc>,
+    order: BTreeMap<(u64, u64), BatchId>,
+    /// Damaged frames with a readable header, and whether a marker for
+    /// their batch id came after them.
+    damaged_frames: Vec<(DamagedFrame, bool)>,
+}
+
+impl Scan {
+    fn apply(&mut self, seg: u64, at: u64, entry: Entry, removed: &mut BTreeSet<BatchId>) {
+        match entry {
+            Entry::Marker { batch_id } => {
+                if let Some(old) = self.index.remove(&batch_id) {
+                    self.order.remove(&old.key);
+                }
+                removed.insert(batch_id);
+                for (f, marked) in &mut self.damaged_frames {
+                    if f.batch_id == batch_id {
+                        *marked = true;
+                    }
+                }
+            }
+            Entry::Frame {
+                offset,
+                frame_len,
+                entry_len,
+                batch_id,
+                moved_from,
+            } => {
+                let key = moved_from.unwrap_or((seg, at));
+                let loc = Loc {
+                    seg,
+                    offset,
+                    frame_len,
+                    entry_len,
+                    key,
+                };
+                if let Some(old) = self.index.insert(batch_id, loc) {
+                    self.order.remove(&old.key);
+                }
+                self.order.insert(key, batch_id);
+                removed.remove(&batch_id);
+            }
+        }
+    }
+
+    fn damaged(&mut self, seg: u64, at: u64, r: Readable) {
+        self.damaged_frames.push((
+            DamagedFrame {
+                batch_id: r.batch_id,
+                tenant: r.tenant,
+                data_type: r.data_type,
+                segment: seg,
+                offset: at,
+                lost: true,
+            },
+            false,
+        ));
+    }
 }
 
 impl FileSpool {
@@ -141,8 +248,7 @@ impl FileSpool {
         }
         report.segments = segments.len();
 
-        let mut index: BTreeMap<BatchId, Loc> = BTreeMap::new();
-        let mut order: BTreeMap<(u64, u64), BatchId> = BTreeMap::new();
+        let mut scan = Scan::default();
         let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
         let mut damaged: Vec<Damaged> = Vec::new();
         let max_frame_len = config.max_frame_len();
@@ -158,104 +264,121 @@ impl FileSpool {
                 max_frame_len,
                 limits: config.limits,
             };
-            let read_err = io_error("read", &path);
+            let read_err = || io_error("read", &path);
             let mut removed = BTreeSet::new();
+            let mut damage: Vec<DamagedRange> = Vec::new();
+            // Where the segment ends: the file, or the start of a torn tail.
+            let mut end = file_len;
+            // The header. A bad one is damage like any other (the entries
+            // after it are read), unless it is a torn tail.
             let header_ok = if file_len < SEGMENT_HEADER_LEN {
                 None
             } else {
                 let mut h = [0u8; 20];
-                scanner.read(&mut h).map_err(read_err)?;
+                scanner.read(&mut h).map_err(read_err())?;
                 Some(parse_versioned_record(SEGMENT_MAGIC, &h) == Some(seg))
             };
-            let stop = match header_ok {
+            let mut pending = match header_ok {
+                Some(true) => None,
                 None => Some((0, Stop::Incomplete)),
                 Some(false) => Some((0, Stop::Bad(Corruption::SegmentHeader))),
-                Some(true) => loop {
-                    let at = scanner.pos;
-                    match scanner.next().map_err(io_error("read", &path))? {
-                        Ok(None) => break None,
-                        Ok(Some(Entry::Marker { batch_id })) => {
-                            if let Some(old) = index.remove(&batch_id) {
-                                order.remove(&old.key);
-                            }
-                            removed.insert(batch_id);
-                        }
-                        Ok(Some(Entry::Frame {
-                            offset,
-                            frame_len,
-                            entry_len,
-                            batch_id,
-                            moved_from,
-                        })) => {
-                            let key = moved_from.unwrap_or((seg, at));
-                            let loc = Loc {
-                                seg,
-                                offset,
-                                frame_len,
-                                entry_len,
-                                key,
-                            };
-                            if let Some(old) = index.insert(batch_id, loc) {
-                                order.remove(&old.key);
-                            }
-                            order.insert(key, batch_id);
-                            removed.remove(&batch_id);
-                        }
-                        Err(stop) => break Some((at, stop)),
-                    }
-                },
             };
-            match stop {
-                None => {
-                    sizes.insert(seg, file_len);
-                }
-                Some((at, stop)) => {
-                    let torn = last
-                        && match &stop {
-                            Stop::Incomplete => true,
-                            // A bad entry followed by nothing but zeros to
-                            // the end of the file (or by nothing at all) is
-                            // what a crash leaves when the file grew before
-                            // its data was written: torn too. Cutting it
-                            // off loses only that entry.
-                            Stop::Bad(_) => {
-                                scanner.rest_is_zero().map_err(io_error("read", &path))?
+            loop {
+                let (at, stop) = match pending.take() {
+                    Some(p) => p,
+                    None => {
+                        let at = scanner.pos;
+                        match scanner.next().map_err(read_err())? {
+                            Ok(None) => break,
+                            Ok(Some(entry)) => {
+                                scan.apply(seg, at, entry, &mut removed);
+                                continue;
                             }
-                        };
-                    if torn {
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(io_error("open", &path))?;
-                        if at == 0 {
-                            // Not even a whole header: write it afresh.
-                            f.set_len(0).map_err(io_error("truncate", &path))?;
-                            (&f).write_all(&versioned_record(SEGMENT_MAGIC, seg))
-                                .map_err(io_error("write", &path))?;
-                            report.torn_bytes += file_len;
-                            sizes.insert(seg, SEGMENT_HEADER_LEN);
-                        } else {
-                            f.set_len(at).map_err(io_error("truncate", &path))?;
-                            report.torn_bytes += file_len - at;
-                            sizes.insert(seg, at);
+                            Err(stop) => (at, stop),
                         }
-                        f.sync_data().map_err(io_error("sync", &path))?;
-                    } else {
-                        let reason = match stop {
-                            Stop::Incomplete => Corruption::Truncated,
-                            Stop::Bad(c) => c,
-                        };
-                        sizes.insert(seg, at);
-                        damaged.push(Damaged {
-                            seg,
-                            good_len: at,
-                            file_len,
-                            reason,
-                            removed,
-                        });
                     }
+                };
+                // A torn tail: in the last segment, an entry cut short by
+                // the end of the file, or a bad one followed by nothing
+                // but zeros (what a crash leaves when the file grew before
+                // its data was written). Cutting it off loses only that
+                // entry.
+                let torn = last
+                    && match &stop {
+                        Stop::Incomplete => true,
+                        Stop::Bad(_) | Stop::BadBody { .. } => {
+                            scanner.rest_is_zero().map_err(read_err())?
+                        }
+                    };
+                if torn {
+                    end = at;
+                    break;
+                }
+                // Damage: skip to the next entry that passes every check.
+                let (reason, resume) = match stop {
+                    Stop::Incomplete => (Corruption::Truncated, at + 1),
+                    Stop::Bad(c) => (
+                        c,
+                        if at == 0 {
+                            // A bad header: the entries start after it.
+                            SEGMENT_HEADER_LEN.min(file_len)
+                        } else {
+                            at + 1
+                        },
+                    ),
+                    Stop::BadBody { reason, frame, len } => {
+                        scan.damaged(seg, at, frame);
+                        (reason, at + len)
+                    }
+                };
+                let found = scanner
+                    .resync(resume, &mut |p, r| scan.damaged(seg, p, r))
+                    .map_err(read_err())?;
+                let next_at = found.as_ref().map_or(file_len, |(p, _)| *p);
+                damage.push(DamagedRange {
+                    offset: at,
+                    len: next_at - at,
+                    reason,
+                });
+                match found {
+                    Some((p, entry)) => scan.apply(seg, p, entry, &mut removed),
+                    None => break,
                 }
             }
+            if end < file_len {
+                report.torn_bytes += file_len - end;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_error("open", &path))?;
+                if end == 0 {
+                    // Not even a whole header: write it afresh.
+                    f.set_len(0).map_err(io_error("truncate", &path))?;
+                    (&f).write_all(&versioned_record(SEGMENT_MAGIC, seg))
+                        .map_err(io_error("write", &path))?;
+                    end = SEGMENT_HEADER_LEN;
+                } else {
+                    f.set_len(end).map_err(io_error("truncate", &path))?;
+                }
+                f.sync_data().map_err(io_error("sync", &path))?;
+            }
+            sizes.insert(seg, end);
+            if !damage.is_empty() {
+                damaged.push(Damaged {
+                    seg,
+                    damage,
+                    removed,
+                });
+            }
+        }
+        let Scan {
+            index,
+            order,
+            damaged_frames,
+        } = scan;
+        for (mut f, marked) in damaged_frames {
+            f.lost = !marked && !index.contains_key(&f.batch_id);
+            report.damaged_frames.push(f);
         }
 
         // The tail: the last segment, unless it is damaged or missing.
@@ -335,6 +458,8 @@ impl FileSpool {
             held_bytes,
             live_entry_bytes,
             reader: None,
+            pass: None,
+            compacting: None,
             _lock: lock,
         };
         spool.seek_tail()?;
@@ -353,7 +478,7 @@ impl FileSpool {
             }
             for &id in &d.removed {
                 if !spool.index.contains_key(&id) {
-                    spool.append(&marker_record(id))?;
+                    spool.append(&marker_pair(id))?;
                 }
             }
             spool.sync_tail()?;
@@ -367,17 +492,21 @@ impl FileSpool {
                 spool.disk_bytes -= info.size;
             }
             spool.reader = None;
+            let bytes_lost: u64 = d.damage.iter().map(|r| r.len).sum();
+            report.bytes_skipped += bytes_lost;
             report.moved_aside.push(MovedAside {
                 path: to,
-                offset: d.good_len,
-                bytes_lost: d.file_len - d.good_len,
+                // A segment is only listed as damaged with a range.
+                offset: d.damage.first().map_or(0, |r| r.offset),
+                bytes_lost,
                 frames_kept: live.len(),
-                reason: d.reason,
+                damage: d.damage,
             });
         }
         let first_live = *spool.segs.keys().next().unwrap_or(&spool.tail_seg);
         spool.write_checkpoint(first_live)?;
-        spool.maintain()?;
+        // Recovery reads every segment anyway: compaction is not limited.
+        spool.maintain(u64::MAX)?;
 
         report.frames = spool.index.len();
         report.held_bytes = spool.held_bytes;

@@ -23,6 +23,22 @@ pub(super) enum Stop {
     Incomplete,
     /// The entry is whole but bad.
     Bad(Corruption),
+    /// A frame whose header passed its CRC (so its fields and length can be
+    /// trusted) but whose body failed: `len` is the whole entry's length
+    /// (its move record included), read to its end.
+    BadBody {
+        reason: Corruption,
+        frame: Readable,
+        len: u64,
+    },
+}
+
+/// What a damaged frame's intact header says.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Readable {
+    pub(super) batch_id: BatchId,
+    pub(super) tenant: opsdata::TenantId,
+    pub(super) data_type: opsdata::DataType,
 }
 
 /// Reads a segment one entry at a time.
@@ -57,6 +73,56 @@ impl Scanner {
             }
         }
         Ok(true)
+    }
+
+    /// Moves to `pos` (within the file), keeping the read buffer when it
+    /// can.
+    pub(super) fn seek_to(&mut self, pos: u64) -> io::Result<()> {
+        let delta = i64::try_from(pos).unwrap_or(i64::MAX) - i64::try_from(self.pos).unwrap_or(0);
+        self.reader.seek_relative(delta)?;
+        self.pos = pos;
+        Ok(())
+    }
+
+    /// Finds the first position at or after `from` where a whole entry
+    /// passes every check, and reads it: `Ok(None)` if there is none before
+    /// the end of the file. Frames whose header passes its CRC but whose
+    /// body fails are handed to `damaged` and skipped whole (their header
+    /// CRC vouches for their length).
+    ///
+    /// Work: at each position at most the 4 magic bytes, and for a magic
+    /// the record (24 bytes) or a frame's prefix (at most 136 + 4 bytes,
+    /// and a frame's after a move record); a body is read only after its
+    /// header CRC holds, and the search then goes on after that body,
+    /// whatever it held. So the bytes read are at most about 170 times
+    /// the bytes searched, never more: no position is searched twice.
+    pub(super) fn resync(
+        &mut self,
+        from: u64,
+        damaged: &mut dyn FnMut(u64, Readable),
+    ) -> io::Result<Option<(u64, Entry)>> {
+        let mut p = from;
+        while p + 4 <= self.file_len {
+            self.seek_to(p)?;
+            let mut first = [0u8; 1];
+            self.read(&mut first)?;
+            if first[0] != 0x89 {
+                p += 1;
+                continue;
+            }
+            self.seek_to(p)?;
+            match self.next()? {
+                Ok(Some(entry)) => return Ok(Some((p, entry))),
+                Ok(None) => return Ok(None),
+                Err(Stop::BadBody { frame, len, .. }) => {
+                    damaged(p, frame);
+                    p += len;
+                }
+                Err(_) => p += 1,
+            }
+        }
+        self.seek_to(self.file_len)?;
+        Ok(None)
     }
 
     /// The next entry; `Ok(None)` at the end of the file. On a `Stop`, the
@@ -142,6 +208,11 @@ impl Scanner {
             Err(e) => return Ok(Err(Stop::Bad(Corruption::Frame(e)))),
         };
         let frame_len = header.frame_len() as u64;
+        let readable = Readable {
+            batch_id: header.batch_id,
+            tenant: header.tenant,
+            data_type: header.data_type,
+        };
         if frame_len > self.max_frame_len {
             return Ok(Err(Stop::Bad(Corruption::FrameTooLarge {
                 len: frame_len,
@@ -156,15 +227,20 @@ impl Scanner {
         let mut bytes = vec![0u8; usize::try_from(frame_len).unwrap_or(usize::MAX)];
         bytes[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
         self.read(&mut bytes[prefix_len..])?;
+        let entry_len = frame_len + if moved_from.is_some() { MOVE_LEN } else { 0 };
         match Frame::decode(Bytes::from(bytes), &self.limits) {
             Ok(frame) => Ok(Ok(Some(Entry::Frame {
                 offset,
                 frame_len,
-                entry_len: frame_len + if moved_from.is_some() { MOVE_LEN } else { 0 },
+                entry_len,
                 batch_id: frame.batch_id(),
                 moved_from,
             }))),
-            Err(e) => Ok(Err(Stop::Bad(Corruption::Frame(e)))),
+            Err(e) => Ok(Err(Stop::BadBody {
+                reason: Corruption::Frame(e),
+                frame: readable,
+                len: entry_len,
+            })),
         }
     }
 }
