@@ -148,6 +148,9 @@ pub struct FileSpool {
     /// Test hook: successful tail syncs.
     #[cfg(test)]
     tail_syncs: u64,
+    /// Test hook: bytes of entries copied by the last `maintain`.
+    #[cfg(test)]
+    last_copied: u64,
     disk_bytes: u64,
     held_bytes: u64,
     live_entry_bytes: u64,
@@ -548,6 +551,10 @@ impl FileSpool {
             self.relocate(id)?;
             copied += MOVE_LEN + loc.frame_len;
         }
+        #[cfg(test)]
+        {
+            self.last_copied = copied;
+        }
         self.drop_segments(&mut dropped)
     }
 
@@ -751,6 +758,81 @@ mod tests {
         assert!(!spool.segs.contains_key(&head), "the head was dropped");
         assert!(spool.tail_syncs > syncs, "the copies were synced first");
         assert!(!spool.tail_unsynced);
+        drop(spool);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn regression_one_persist_compacts_a_bounded_number_of_bytes() {
+        // One small frame pinned in each of many segments of large frames;
+        // then the large ones are removed, so the files are far past the
+        // threshold and a pass must move every pinned frame. Before the
+        // budget, the next persist moved them all; now each persist
+        // copies at most its budget plus one entry, and the pass goes on
+        // over the next calls.
+        let d = test_dir("budget");
+        let (mut spool, _) = FileSpool::open(&d, config()).unwrap();
+        let perf = |n: u64, records: usize| {
+            use opsdata::{Codec, DataType, FrameEncoder, Record, TenantBatch, TenantId};
+            let t: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+            let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+            let recs = (0..records).map(|i| {
+                opsdata::Tagged::new(
+                    t,
+                    Record::Performance(opsdata::Performance {
+                        object_name: "x".repeat(200),
+                        counter_name: format!("{n}-{i}"),
+                        perfmon_instance_name: String::new(),
+                        performance_data_id: uuid::Uuid::from_u128(u128::from(n) + 1),
+                        performance_source_internal_id: 1,
+                        sample_value: 0.0,
+                        time_sampled: at,
+                        time_added: at,
+                    }),
+                )
+            });
+            let batch = TenantBatch::from_records(t, DataType::Performance, recs).unwrap();
+            FrameEncoder::new()
+                .with_codec(Codec::None)
+                .encode_frame(
+                    &batch,
+                    BatchId::new(uuid::Uuid::from_u128(1 + u128::from(n))).unwrap(),
+                    at,
+                )
+                .unwrap()
+        };
+        let mut big = Vec::new();
+        for n in 0..120u64 {
+            let f = perf(2 * n, 0);
+            spool.persist(f.batch_id(), &f).unwrap();
+            let f = perf(2 * n + 1, 2);
+            spool.persist(f.batch_id(), &f).unwrap();
+            big.push(f.batch_id());
+        }
+        for id in big {
+            spool.remove(id).unwrap();
+        }
+        let pinned: u64 = spool.index.values().map(|l| l.frame_len + MOVE_LEN).sum();
+        let mut max_copied = 0;
+        let mut moved = 0;
+        for n in 1_000..1_200u64 {
+            let f = perf(n, 0);
+            let len = f.len() as u64;
+            spool.persist(f.batch_id(), &f).unwrap();
+            let bound = FileSpool::budget(len) + spool.config.max_entry_len();
+            assert!(
+                spool.last_copied <= bound,
+                "{} > {bound}",
+                spool.last_copied
+            );
+            max_copied = max_copied.max(spool.last_copied);
+            moved += spool.last_copied;
+            spool.remove(f.batch_id()).unwrap();
+        }
+        assert!(moved >= pinned / 2, "compaction ran: {moved} of {pinned}");
+        assert!(max_copied * 4 < pinned, "{max_copied} of {pinned}");
+        // The files came back near the live entries.
+        assert!(spool.disk_bytes <= 2 * spool.live_entry_bytes + 3 * spool.config.segment_bytes);
         drop(spool);
         let _ = fs::remove_dir_all(&d);
     }

@@ -454,6 +454,8 @@ impl FileSpool {
             fail_syncs: false,
             #[cfg(test)]
             tail_syncs: 0,
+            #[cfg(test)]
+            last_copied: 0,
             disk_bytes: 0,
             held_bytes,
             live_entry_bytes,
