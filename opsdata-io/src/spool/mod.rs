@@ -90,11 +90,12 @@ struct SegInfo {
 /// sync removals). Segments whose frames are all removed are deleted after
 /// a checkpoint; the oldest segments are compacted while the files pass
 /// twice the live entries plus two segments, so disk use stays bounded (see
-/// [`SpoolConfig::outbox_limit_bytes`]). One `persist` may then move many
-/// live frames (each at most once): the work of a call is not bounded by
-/// a segment. Memory: an index of live batch ids
-/// (about 100 bytes each); recovery and [`load`](Spool::load) read one entry
-/// at a time.
+/// [`SpoolConfig::outbox_limit_bytes`]). A compaction pass is spread over
+/// calls: a `persist` of `ℓ` bytes copies at most `4·(ℓ + 88)` bytes plus
+/// one entry. Recovery keeps every entry that passes its checks, before and
+/// after any damage, and reports what it skipped ([`SpoolRecovery`]).
+/// Memory: an index of live batch ids (about 100 bytes each); recovery and
+/// [`load`](Spool::load) read one entry at a time.
 ///
 /// ```
 /// use opsdata::Spool;
