@@ -2,7 +2,8 @@
 //! host, written once.
 //!
 //! - [`FileSpool`]: a crash-safe [`opsdata::Spool`] on disk (segment log of
-//!   frames and removal markers, `docs/SPOOL.md`).
+//!   frames and removal markers, `docs/SPOOL.md`), optionally sealed at rest
+//!   under a key in a [`SpoolKeyStore`] ([`FileSpool::open_protected`]).
 //! - [`TlsTransport`]: an [`opsdata::Transport`] over mutual TLS (rustls),
 //!   speaking the wire protocol of `docs/WIRE.md`.
 //! - [`ObjectStoreBlobs`]: an [`opsdata::BlobStore`] over `object_store`
@@ -67,8 +68,10 @@ pub use blobs::AzureBlobConfig;
 pub use blobs::{BlobError, BlobOp, ObjectStoreBlobs};
 pub use spool::{
     CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, DamagedFrame, DamagedRange, FileSpool,
-    MARKER_LEN, MARKER_MAGIC, MOVE_LEN, MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
-    SpoolConfig, SpoolConfigError, SpoolError, SpoolRecovery,
+    KeyFileStore, KeyReport, MARKER_LEN, MARKER_MAGIC, MOVE_LEN, MOVE_MAGIC, MovedAside,
+    OS_KEY_SERVICE, OsKeyStore, OsStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SPOOL_KEY_LEN,
+    SPOOLKEY_MAGIC, SpoolConfig, SpoolConfigError, SpoolError, SpoolKeyBytes, SpoolKeyError,
+    SpoolKeyStore, SpoolProtection, SpoolRecovery,
 };
 pub use tls::{
     Clock, ServiceConfig, ServiceEvent, ServiceHandle, ServiceSettings, ServiceState, ServiceStats,

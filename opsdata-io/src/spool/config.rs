@@ -41,6 +41,7 @@ pub struct SpoolConfig {
     pub(super) segment_bytes: u64,
     pub(super) limits: FrameLimits,
     pub(super) sync_removals: bool,
+    pub(super) sealed: bool,
 }
 
 impl SpoolConfig {
@@ -60,6 +61,7 @@ impl SpoolConfig {
             segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
             limits: FrameLimits::default(),
             sync_removals: false,
+            sealed: false,
         }
         .validated()
     }
@@ -111,6 +113,33 @@ impl SpoolConfig {
     pub fn with_sync_removals(mut self, sync: bool) -> Self {
         self.sync_removals = sync;
         self
+    }
+
+    /// Whether frames are sealed at rest (required by
+    /// [`FileSpool::open_protected`](super::FileSpool::open_protected)):
+    /// sealing makes each frame 84 bytes longer on disk than the outbox
+    /// counts it, so [`outbox_limit_bytes`](Self::outbox_limit_bytes) keeps
+    /// more room (`/ 8` instead of `/ 5`).
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolConfigError::DiskTooSmall`] if the disk bound no longer
+    /// fits.
+    pub fn with_sealed_at_rest(mut self, sealed: bool) -> Result<Self, SpoolConfigError> {
+        self.sealed = sealed;
+        self.validated()
+    }
+
+    /// Whether frames are sealed at rest.
+    #[must_use]
+    pub fn sealed_at_rest(&self) -> bool {
+        self.sealed
+    }
+
+    /// The divisor of [`outbox_limit_bytes`](Self::outbox_limit_bytes): 5,
+    /// or 8 when sealed at rest (`docs/SPOOL.md`, *The disk bound*).
+    fn divisor(&self) -> u64 {
+        if self.sealed { 8 } else { 5 }
     }
 
     /// The bound on the bytes of the spool's segment files.
@@ -175,10 +204,12 @@ impl SpoolConfig {
     /// most a quarter of what it copies (its budget: a persist of `ℓ`
     /// bytes copies `4·(ℓ + 88)`). So the files and reserve never pass
     /// `41Λ/9 + 3·segment_bytes + 2·max_frame_len + 244`, within
-    /// `max_disk_bytes` (`41/9 < 5`).
+    /// `max_disk_bytes` (`41/9 < 5`). Sealed at rest, each frame takes 84
+    /// bytes more on disk than the outbox counts, and the same steps give
+    /// `517Λ/72` (`< 8`): the divisor is 8.
     #[must_use]
     pub fn outbox_limit_bytes(&self) -> u64 {
-        self.max_disk_bytes.saturating_sub(self.fixed_overhead()) / 5
+        self.max_disk_bytes.saturating_sub(self.fixed_overhead()) / self.divisor()
     }
 
     fn validated(self) -> Result<Self, SpoolConfigError> {
@@ -190,7 +221,7 @@ impl SpoolConfig {
             });
         }
         // The outbox limit must hold at least one largest frame.
-        let min_disk = self.fixed_overhead() + 5 * self.max_frame_len();
+        let min_disk = self.fixed_overhead() + self.divisor() * self.max_frame_len();
         if self.max_disk_bytes < min_disk {
             return Err(SpoolConfigError::DiskTooSmall {
                 max_disk_bytes: self.max_disk_bytes,

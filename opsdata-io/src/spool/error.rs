@@ -73,6 +73,61 @@ pub enum SpoolError {
         /// The last segment's number.
         last: u64,
     },
+    /// The spool is protected (it has a `SPOOLKEY` file) but was opened
+    /// with [`FileSpool::open`]: open it with
+    /// [`FileSpool::open_protected`]. Nothing was changed.
+    #[error("spool {} is sealed at rest: open it with its key", dir.display())]
+    ProtectionRequired {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The key store does not hold the spool's key (lost, or another
+    /// store). Nothing was changed: put the key back and open again.
+    #[error("the key of spool {} is not in {store}: nothing was changed; restore the key", dir.display())]
+    KeyMissing {
+        /// The directory.
+        dir: PathBuf,
+        /// Where the key was looked for.
+        store: String,
+    },
+    /// The key store holds another key than the one the spool was sealed
+    /// under (a spool directory copied to another agent, or a replaced
+    /// key). Nothing was changed.
+    #[error("spool {} was sealed under another key: nothing was changed", dir.display())]
+    WrongKey {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The key store forgets its keys at reboot (the kernel keyring) and
+    /// the host did not allow that
+    /// ([`SpoolProtection::allow_key_lost_at_reboot`]).
+    #[error("{store} forgets the spool key at reboot; allow it explicitly or use another store")]
+    KeyStoreForgets {
+        /// The store.
+        store: String,
+    },
+    /// [`FileSpool::open_protected`] needs a [`SpoolConfig`] with
+    /// [`with_sealed_at_rest(true)`](SpoolConfig::with_sealed_at_rest), so
+    /// that its outbox limit counts the sealing overhead.
+    #[error("a protected spool needs SpoolConfig::with_sealed_at_rest(true)")]
+    SealedConfigRequired,
+    /// With protection on, a frame already sealed (by its producer) is
+    /// refused: the spool seals frames itself.
+    #[error("the frame is already sealed; a protected spool seals plain frames itself")]
+    AlreadySealed,
+    /// The `SPOOLKEY` file is malformed. Nothing was changed.
+    #[error("SPOOLKEY: {reason}")]
+    KeysFile {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The key store failed.
+    #[error("spool key store: {0}")]
+    KeyStore(#[source] SpoolKeyError),
+    /// Sealing or opening a frame failed (a frame altered on disk fails
+    /// here at load, [`opsdata::KeyError::Tampered`]).
+    #[error("spool key: {0}")]
+    Key(#[source] opsdata::KeyError),
     /// Another [`FileSpool`] (in this or another process) has the directory
     /// open.
     #[error("spool directory {} is in use", path.display())]

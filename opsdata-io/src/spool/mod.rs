@@ -43,8 +43,16 @@ use opsdata::{
 mod config;
 mod error;
 mod format;
+mod keystore;
+mod protect;
 mod recovery;
 mod scan;
+
+pub use keystore::{
+    KeyFileStore, OS_KEY_SERVICE, OsKeyStore, OsStore, SPOOL_KEY_LEN, SpoolKeyBytes, SpoolKeyError,
+    SpoolKeyStore, SpoolProtection,
+};
+pub use protect::{KeyReport, SPOOLKEY_MAGIC};
 
 pub use config::{SpoolConfig, SpoolConfigError};
 pub use error::{Corruption, SpoolError};
@@ -68,6 +76,18 @@ struct Loc {
     entry_len: u64,
     /// Place in the persist order: where the frame was first written.
     key: (u64, u64),
+    /// For a frame the spool sealed: its tenant and key.
+    kek: Option<(opsdata::TenantId, opsdata::KeyId)>,
+}
+
+/// What sealing adds to a frame: the seal section and the body's tag.
+const SEAL_OVERHEAD: u64 = SEAL_SECTION_LEN as u64 + 16;
+
+impl Loc {
+    /// The frame's length as the outbox counts it: unsealed.
+    fn held(&self) -> u64 {
+        self.frame_len - if self.kek.is_some() { SEAL_OVERHEAD } else { 0 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -162,11 +182,71 @@ pub struct FileSpool {
     /// The segment being compacted, and its live frames not yet copied
     /// (the next one last).
     compacting: Option<(u64, Vec<BatchId>)>,
+    /// Sealing at rest, if on.
+    protection: Option<protect::Protected>,
     /// Held for the spool's life: the directory's lock.
     _lock: File,
 }
 
 impl FileSpool {
+    /// With protection: writes `SPOOLKEY` for a spool protected for the
+    /// first time (sealed frames start in the next segment), and makes
+    /// sure the tail is a segment whose sealed frames the spool sealed.
+    fn start_protection(&mut self, new: bool) -> Result<(), SpoolError> {
+        let Some(p) = self.protection.as_mut() else {
+            return Ok(());
+        };
+        if new {
+            p.since = self.tail_seg.checked_add(1).ok_or_else(|| {
+                SpoolError::SegmentNumbersExhausted {
+                    dir: self.dir.clone(),
+                    last: self.tail_seg,
+                }
+            })?;
+            let dir = self.dir.clone();
+            p.save(&dir)?;
+        }
+        let since = self.protection.as_ref().map_or(0, |p| p.since);
+        if self.tail_seg < since {
+            self.roll()?;
+        }
+        if self.tail_seg < since {
+            return Err(SpoolError::KeysFile {
+                reason: "protected from a segment past the next",
+            });
+        }
+        Ok(())
+    }
+
+    /// Carries out the key rotation steps due (the spool's
+    /// [`RotationPolicy`](opsdata::RotationPolicy) against the census of
+    /// live frames per key): new keys, and keys no frame needs any more
+    /// disabled, then destroyed. `persist` does this for its frame's tenant
+    /// before sealing; call this from time to time (or after removals) to
+    /// retire keys of tenants with no new frames. Nothing to do without
+    /// protection.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Key`], or the errors of writing `SPOOLKEY`.
+    pub fn rotate_keys(&mut self) -> Result<(), SpoolError> {
+        self.check_poisoned()?;
+        let dir = self.dir.clone();
+        if let Some(p) = self.protection.as_mut()
+            && p.rotate_all()?
+        {
+            p.save(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// The protection's keys and census (no key material); `None` without
+    /// protection.
+    #[must_use]
+    pub fn key_report(&self) -> Option<KeyReport> {
+        self.protection.as_ref().map(protect::Protected::report)
+    }
+
     /// The directory.
     #[must_use]
     pub fn dir(&self) -> &Path {
@@ -390,8 +470,11 @@ impl FileSpool {
             info.live_frames -= 1;
             info.live_bytes -= loc.entry_len;
         }
-        self.held_bytes -= loc.frame_len;
+        self.held_bytes -= loc.held();
         self.live_entry_bytes -= loc.entry_len;
+        if let Some(p) = self.protection.as_mut() {
+            p.count(loc.kek, false);
+        }
         Some(loc)
     }
 
@@ -403,8 +486,11 @@ impl FileSpool {
             info.live_frames += 1;
             info.live_bytes += loc.entry_len;
         }
-        self.held_bytes += loc.frame_len;
+        self.held_bytes += loc.held();
         self.live_entry_bytes += loc.entry_len;
+        if let Some(p) = self.protection.as_mut() {
+            p.count(loc.kek, true);
+        }
     }
 
     /// Re-appends a live frame at the tail behind a move record keeping its
@@ -423,6 +509,7 @@ impl FileSpool {
                 frame_len: loc.frame_len,
                 entry_len: MOVE_LEN + loc.frame_len,
                 key: loc.key,
+                kek: loc.kek,
             },
         );
         Ok(())
@@ -609,6 +696,15 @@ impl Spool for FileSpool {
     /// included: the spool must be reopened).
     fn persist(&mut self, batch_id: BatchId, frame: &Frame) -> Result<(), SpoolError> {
         self.check_poisoned()?;
+        let sealed;
+        let (frame, kek) = match self.protection.as_mut() {
+            Some(p) => {
+                let (f, id) = p.seal(&self.dir, frame)?;
+                sealed = f;
+                (&sealed, Some((frame.tenant(), id)))
+            }
+            None => (frame, None),
+        };
         let len = frame.len() as u64;
         let max = self.config.max_frame_len();
         if len > max {
@@ -646,6 +742,7 @@ impl Spool for FileSpool {
                 frame_len: len,
                 entry_len: len,
                 key: (seg, offset),
+                kek,
             },
         );
         Ok(())
@@ -688,7 +785,10 @@ impl Spool for FileSpool {
         let locs: Vec<Loc> = self.order.values().map(|id| self.index[id]).collect();
         for loc in locs {
             let bytes = self.read_entry(loc)?;
-            sink(Bytes::from(bytes));
+            match (&self.protection, loc.kek) {
+                (Some(p), Some(_)) => sink(p.open(bytes, &self.config.limits)?),
+                _ => sink(Bytes::from(bytes)),
+            }
         }
         Ok(())
     }

@@ -105,9 +105,14 @@ pub(super) struct Damaged {
 struct Scan {
     index: BTreeMap<BatchId, Loc>,
     order: BTreeMap<(u64, u64), BatchId>,
-    /// Damaged frames with a readable header, and whether a marker for
-    /// their batch id came after them.
-    damaged_frames: Vec<(DamagedFrame, bool)>,
+    /// Damaged frames with a readable header.
+    damaged_frames: Vec<DamagedFrame>,
+    /// Their batch ids, and those a marker removed after them.
+    damaged_ids: BTreeSet<BatchId>,
+    marked_after: BTreeSet<BatchId>,
+    /// With protection: the first segment whose sealed frames the spool
+    /// sealed.
+    since: Option<u64>,
 }
 
 impl Scan {
@@ -118,10 +123,8 @@ impl Scan {
                     self.order.remove(&old.key);
                 }
                 removed.insert(batch_id);
-                for (f, marked) in &mut self.damaged_frames {
-                    if f.batch_id == batch_id {
-                        *marked = true;
-                    }
+                if self.damaged_ids.contains(&batch_id) {
+                    self.marked_after.insert(batch_id);
                 }
             }
             Entry::Frame {
@@ -130,6 +133,8 @@ impl Scan {
                 entry_len,
                 batch_id,
                 moved_from,
+                tenant,
+                kek,
             } => {
                 let key = moved_from.unwrap_or((seg, at));
                 let loc = Loc {
@@ -138,6 +143,10 @@ impl Scan {
                     frame_len,
                     entry_len,
                     key,
+                    kek: match (self.since, kek) {
+                        (Some(since), Some(id)) if key.0 >= since => Some((tenant, id)),
+                        _ => None,
+                    },
                 };
                 if let Some(old) = self.index.insert(batch_id, loc) {
                     self.order.remove(&old.key);
@@ -149,17 +158,15 @@ impl Scan {
     }
 
     fn damaged(&mut self, seg: u64, at: u64, r: Readable) {
-        self.damaged_frames.push((
-            DamagedFrame {
-                batch_id: r.batch_id,
-                tenant: r.tenant,
-                data_type: r.data_type,
-                segment: seg,
-                offset: at,
-                lost: true,
-            },
-            false,
-        ));
+        self.damaged_ids.insert(r.batch_id);
+        self.damaged_frames.push(DamagedFrame {
+            batch_id: r.batch_id,
+            tenant: r.tenant,
+            data_type: r.data_type,
+            segment: seg,
+            offset: at,
+            lost: true,
+        });
     }
 }
 
@@ -182,7 +189,47 @@ impl FileSpool {
         dir: impl AsRef<Path>,
         config: SpoolConfig,
     ) -> Result<(FileSpool, SpoolRecovery), SpoolError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_inner(dir.as_ref(), config, None)
+    }
+
+    /// Opens (or creates) the spool in `dir` sealed at rest under a key
+    /// kept in `protection`'s store, and recovers it as
+    /// [`open`](Self::open) does (`docs/SPOOL.md`, *Protection at rest*).
+    ///
+    /// Every frame persisted from now on is sealed (the core's seal
+    /// format, AES-256-GCM, a fresh data key per frame) under its tenant's
+    /// spool key ring, itself sealed under the spool key in `SPOOLKEY`;
+    /// [`load`](Spool::load) opens them. The key is checked before anything
+    /// in the directory is touched. A spool with no key yet gets one: made
+    /// from the system's randomness and put in the store. Frames already in
+    /// an unprotected spool are kept as they are (not converted), loaded as
+    /// they are, and counted in [`KeyReport::unsealed_frames`] until they
+    /// leave.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open), and, with nothing in the directory
+    /// changed: [`SpoolError::KeyStoreForgets`] for a store that forgets
+    /// at reboot unless allowed; [`SpoolError::SealedConfigRequired`]
+    /// unless `config` is sealed at rest; [`SpoolError::KeyMissing`] if
+    /// the spool is protected and the store has no key;
+    /// [`SpoolError::WrongKey`] if the store's key is not the spool's;
+    /// [`SpoolError::KeysFile`] if `SPOOLKEY` is malformed;
+    /// [`SpoolError::KeyStore`] if the store fails.
+    pub fn open_protected(
+        dir: impl AsRef<Path>,
+        config: SpoolConfig,
+        protection: SpoolProtection,
+    ) -> Result<(FileSpool, SpoolRecovery), SpoolError> {
+        Self::open_inner(dir.as_ref(), config, Some(protection))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        config: SpoolConfig,
+        protection: Option<SpoolProtection>,
+    ) -> Result<(FileSpool, SpoolRecovery), SpoolError> {
+        let dir = dir.to_path_buf();
         fs::create_dir_all(&dir).map_err(io_error("create directory", &dir))?;
         let lock_path = dir.join(LOCK_NAME);
         let lock = OpenOptions::new()
@@ -196,6 +243,16 @@ impl FileSpool {
             Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir }),
             Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
         }
+        // The key first: a missing or wrong one changes nothing.
+        let opened = match protection {
+            Some(p) => Some(protect::Protected::resolve(&dir, &config, p)?),
+            None => {
+                if dir.join(protect::SPOOLKEY_NAME).exists() {
+                    return Err(SpoolError::ProtectionRequired { dir });
+                }
+                None
+            }
+        };
         let mut report = SpoolRecovery::default();
 
         // The checkpoint: segments before its first are dead.
@@ -248,7 +305,10 @@ impl FileSpool {
         }
         report.segments = segments.len();
 
-        let mut scan = Scan::default();
+        let mut scan = Scan {
+            since: opened.as_ref().map(|o| o.protected.since),
+            ..Scan::default()
+        };
         let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
         let mut damaged: Vec<Damaged> = Vec::new();
         let max_frame_len = config.max_frame_len();
@@ -375,9 +435,11 @@ impl FileSpool {
             index,
             order,
             damaged_frames,
+            marked_after,
+            ..
         } = scan;
-        for (mut f, marked) in damaged_frames {
-            f.lost = !marked && !index.contains_key(&f.batch_id);
+        for mut f in damaged_frames {
+            f.lost = !marked_after.contains(&f.batch_id) && !index.contains_key(&f.batch_id);
             report.damaged_frames.push(f);
         }
 
@@ -435,7 +497,7 @@ impl FileSpool {
             let info = segs.entry(loc.seg).or_default();
             info.live_frames += 1;
             info.live_bytes += loc.entry_len;
-            held_bytes += loc.frame_len;
+            held_bytes += loc.held();
             live_entry_bytes += loc.entry_len;
         }
         let mut spool = FileSpool {
@@ -462,10 +524,19 @@ impl FileSpool {
             reader: None,
             pass: None,
             compacting: None,
+            protection: None,
             _lock: lock,
         };
         spool.seek_tail()?;
         spool.disk_bytes = spool.segs.values().map(|s| s.size).sum();
+        let new_keys = opened.as_ref().is_some_and(|o| o.new);
+        if let Some(o) = opened {
+            let mut p = o.protected;
+            for loc in spool.index.values() {
+                p.count(loc.kek, true);
+            }
+            spool.protection = Some(p);
+        }
 
         // Damaged segments: keep their good prefix, then move them aside.
         for d in damaged {
@@ -507,6 +578,7 @@ impl FileSpool {
         }
         let first_live = *spool.segs.keys().next().unwrap_or(&spool.tail_seg);
         spool.write_checkpoint(first_live)?;
+        spool.start_protection(new_keys)?;
         // Recovery reads every segment anyway: compaction is not limited.
         spool.maintain(u64::MAX)?;
 

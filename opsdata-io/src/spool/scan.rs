@@ -11,6 +11,9 @@ pub(super) enum Entry {
         entry_len: u64,
         batch_id: BatchId,
         moved_from: Option<(u64, u64)>,
+        /// The tenant, and the key id of a sealed frame.
+        tenant: opsdata::TenantId,
+        kek: Option<opsdata::KeyId>,
     },
     Marker {
         batch_id: BatchId,
@@ -235,6 +238,12 @@ impl Scanner {
                 entry_len,
                 batch_id: frame.batch_id(),
                 moved_from,
+                tenant: header.tenant,
+                kek: if sealed {
+                    opsdata::KeyId::new(u32_at(&prefix, FIXED_HEADER_LEN + 4)).ok()
+                } else {
+                    None
+                },
             }))),
             Err(e) => Ok(Err(Stop::BadBody {
                 reason: Corruption::Frame(e),
