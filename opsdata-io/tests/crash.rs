@@ -52,7 +52,7 @@ use opsdata::{
     Outbox, Outcome, Principal, RotationPolicy, Spool, StorageOp, Transmit, apply_store_op,
     read_back,
 };
-use opsdata_io::{Ack, FileSpool, SpoolConfig};
+use opsdata_io::{Ack, FileSpool, KeyFileStore, SpoolConfig, SpoolProtection, SpoolRecovery};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -82,6 +82,22 @@ fn spool_config() -> SpoolConfig {
         .unwrap()
         .with_segment_bytes(128 << 10)
         .unwrap()
+        .with_sealed_at_rest(SPOOL_PROTECTED)
+        .unwrap()
+}
+
+/// The spool is sealed at rest (issue 15: the crash test passes with
+/// protection on), its key in a 0600 file beside the spool directory.
+const SPOOL_PROTECTED: bool = true;
+
+fn open_spool(dir: &Path) -> (FileSpool, SpoolRecovery) {
+    if SPOOL_PROTECTED {
+        let store = KeyFileStore::new(dir.join("spool.key"));
+        let protection = SpoolProtection::new(store, Arc::new(Utc::now));
+        FileSpool::open_protected(dir.join("spool"), spool_config(), protection).unwrap()
+    } else {
+        FileSpool::open(dir.join("spool"), spool_config()).unwrap()
+    }
 }
 
 /// Whether the service rejects the batch of `seq` (one in sixteen, fixed).
@@ -322,7 +338,7 @@ fn crash_child() {
     let limit_bytes: u64 = std::env::var(ENV_LIMIT).unwrap().parse().unwrap();
     let drain = std::env::var(ENV_DRAIN).is_ok();
     let (mut journal, lines) = Journal::open(&dir.join("journal.log"));
-    let (mut spool, recovery) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
+    let (mut spool, recovery) = open_spool(&dir);
     // A kill (not a power cut) can leave a torn tail, never damage: no
     // segment may be moved aside.
     assert!(
@@ -726,7 +742,7 @@ fn crash_cycles() {
     );
     assert_eq!(stats.frames as usize, delivered.len(), "{report}");
     // Nothing left in the spool.
-    let (_, rec) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
+    let (_, rec) = open_spool(&dir);
     assert_eq!((rec.frames, rec.held_bytes), (0, 0), "{report}");
     // The run exercised what it is for.
     assert!(pushed.len() > 100, "{report}: too little progress");
