@@ -696,6 +696,17 @@ impl Spool for FileSpool {
     /// included: the spool must be reopened).
     fn persist(&mut self, batch_id: BatchId, frame: &Frame) -> Result<(), SpoolError> {
         self.check_poisoned()?;
+        // Refused before anything is sealed (a refused call changes
+        // nothing, the key ring's usage included).
+        let overhead = if self.protection.is_some() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        };
+        let (len, max) = (frame.len() as u64 + overhead, self.config.max_frame_len());
+        if len > max {
+            return Err(SpoolError::FrameTooLarge { len, max });
+        }
         let sealed;
         let (frame, kek) = match self.protection.as_mut() {
             Some(p) => {
@@ -705,11 +716,8 @@ impl Spool for FileSpool {
             }
             None => (frame, None),
         };
+        // Sealing adds exactly the overhead counted above.
         let len = frame.len() as u64;
-        let max = self.config.max_frame_len();
-        if len > max {
-            return Err(SpoolError::FrameTooLarge { len, max });
-        }
         self.maintain(Self::budget(len))?;
         let replaced = u64::from(self.index.contains_key(&batch_id));
         let live = self.index.len() as u64 + 1 - replaced;

@@ -137,6 +137,9 @@ pub(super) struct Protected {
     pub(super) census: BTreeMap<(TenantId, KeyId), u64>,
     /// Live frames first written before protection was turned on.
     pub(super) unsealed: u64,
+    /// The rings changed since `SPOOLKEY` was last written (a failed write
+    /// is retried before anything is sealed again).
+    dirty: bool,
     store: String,
 }
 
@@ -206,6 +209,7 @@ impl Protected {
                 entropy,
                 census: BTreeMap::new(),
                 unsealed: 0,
+                dirty: false,
                 store,
             },
             new,
@@ -243,6 +247,7 @@ impl Protected {
         }
         let c = crc(&body);
         body.extend_from_slice(&c.to_be_bytes());
+        self.dirty = true;
         let tmp = dir.join(SPOOLKEY_TMP);
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -252,7 +257,9 @@ impl Protected {
         write().map_err(io_error("write", &tmp))?;
         let path = dir.join(SPOOLKEY_NAME);
         fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        self.dirty = false;
+        Ok(())
     }
 
     fn census_of(&self, tenant: TenantId) -> KeyCensus {
@@ -306,11 +313,12 @@ impl Protected {
     /// Runs rotation for every tenant's ring; returns whether any changed.
     pub(super) fn rotate_all(&mut self) -> Result<bool, SpoolError> {
         let tenants: Vec<TenantId> = self.rings.keys().copied().collect();
-        let mut changed = false;
         for t in tenants {
-            changed |= self.rotate(t)?;
+            if self.rotate(t)? {
+                self.dirty = true;
+            }
         }
-        Ok(changed)
+        Ok(self.dirty)
     }
 
     /// Seals `frame` for the spool: its tenant's ring rotated first (and
@@ -321,6 +329,10 @@ impl Protected {
         }
         let tenant = frame.tenant();
         if self.rotate(tenant)? {
+            self.dirty = true;
+        }
+        // Nothing is sealed under a key not yet on disk.
+        if self.dirty {
             self.save(dir)?;
         }
         let now = (self.clock)();
