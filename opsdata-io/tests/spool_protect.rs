@@ -19,8 +19,8 @@ use opsdata::{
     Spool, Tagged, TenantBatch,
 };
 use opsdata_io::{
-    Clock, FileSpool, KeyFileStore, OsKeyStore, SpoolConfig, SpoolError, SpoolKeyError,
-    SpoolKeyStore, SpoolProtection,
+    Clock, FileSpool, KeyFileStore, SpoolConfig, SpoolError, SpoolKeyError, SpoolKeyStore,
+    SpoolProtection,
 };
 
 const MARKER: &str = "MARKER-d41d8cd98f00b204";
@@ -416,6 +416,7 @@ fn the_key_file_store_is_0600_and_refuses_others() {
 #[test]
 fn the_kernel_keyring_store_keeps_the_key_and_is_refused_unless_allowed() {
     let base = dir("keyutils");
+    use opsdata_io::OsKeyStore;
     let name = format!("test-{}-{}", std::process::id(), t0().timestamp());
     let mut store = OsKeyStore::kernel_keyring(&name);
     let _ = store.delete();
