@@ -182,6 +182,8 @@ impl FileSpool {
     /// # Errors
     ///
     /// [`SpoolError::Locked`] if another spool has `dir` open;
+    /// [`SpoolError::ProtectionRequired`] if the spool is sealed at rest
+    /// (open it with [`open_protected`](Self::open_protected));
     /// [`SpoolError::Io`] / [`SpoolError::DiskFull`] if a file cannot be
     /// read, written, renamed or synced. Damaged contents are not errors:
     /// they are repaired and reported in [`SpoolRecovery`].
