@@ -291,7 +291,7 @@ fn a_removal_is_written_twice_so_one_damaged_copy_removes_still() {
 }
 
 #[test]
-fn garbage_between_entries_is_skipped_and_the_search_is_linear() {
+fn garbage_between_entries_is_skipped_and_what_follows_is_kept() {
     // Bytes that look like entries but fail their checks: frame and marker
     // magics with garbage after them, every few bytes.
     let d = dir("garbage");
@@ -319,4 +319,52 @@ fn garbage_between_entries_is_skipped_and_the_search_is_linear() {
     spool.load(&mut |b| got.push(b)).unwrap();
     let want: Vec<_> = frames.iter().map(|f| f.as_bytes().clone()).collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn damage_in_several_segments_loses_only_the_frames_hit() {
+    let d = dir("several");
+    let frames: BTreeMap<u64, Frame> = (0..60).map(|n| (n, tiny(n))).collect();
+    {
+        let (mut spool, _) = FileSpool::open(&d, config()).unwrap();
+        for f in frames.values() {
+            spool.persist(f.batch_id(), f).unwrap();
+        }
+        assert!(spool.segments() >= 3);
+    }
+    let segs = segments(&d);
+    // One frame hit in the middle of each of the first three segments.
+    let mut hit = Vec::new();
+    for seg in &segs[..3] {
+        let mut bytes = fs::read(seg).unwrap();
+        let parts = layout(&bytes, &frames);
+        let (start, _, part) = parts[parts.len() / 2];
+        let Part::Frame(seq) = part else {
+            panic!("{part:?}")
+        };
+        bytes[start + 70] ^= 0x08;
+        fs::write(seg, &bytes).unwrap();
+        hit.push(seq);
+    }
+    let (mut spool, rec) = FileSpool::open(&d, config()).unwrap();
+    assert_eq!(rec.moved_aside.len(), 3);
+    let mut named: Vec<u64> = rec
+        .damaged_frames
+        .iter()
+        .map(|f| {
+            assert!(f.lost);
+            *frames
+                .iter()
+                .find(|(_, w)| w.batch_id() == f.batch_id)
+                .unwrap()
+                .0
+        })
+        .collect();
+    named.sort_unstable();
+    let mut want_hit = hit.clone();
+    want_hit.sort_unstable();
+    assert_eq!(named, want_hit);
+    let got = loaded(&mut spool, &frames);
+    let want: Vec<u64> = (0..60).filter(|n| !hit.contains(n)).collect();
+    assert_eq!(got, want, "every other frame, in order");
 }

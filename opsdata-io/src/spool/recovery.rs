@@ -325,6 +325,8 @@ impl FileSpool {
                 file_len,
                 max_frame_len,
                 limits: config.limits,
+                #[cfg(test)]
+                bytes_read: 0,
             };
             let read_err = || io_error("read", &path);
             let mut removed = BTreeSet::new();

@@ -51,6 +51,9 @@ pub(super) struct Scanner {
     pub(super) file_len: u64,
     pub(super) max_frame_len: u64,
     pub(super) limits: FrameLimits,
+    /// Test hook: bytes read so far.
+    #[cfg(test)]
+    pub(super) bytes_read: u64,
 }
 
 impl Scanner {
@@ -61,6 +64,10 @@ impl Scanner {
     pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.reader.read_exact(buf)?;
         self.pos += buf.len() as u64;
+        #[cfg(test)]
+        {
+            self.bytes_read += buf.len() as u64;
+        }
         Ok(())
     }
 

@@ -258,3 +258,82 @@ fn settings_are_validated() {
     assert_eq!(c.outbox_limit_bytes(), expect);
     assert!(c.outbox_limit_bytes() >= c.max_frame_len());
 }
+
+#[test]
+fn resync_reads_each_byte_a_bounded_number_of_times() {
+    // Frames whose body is damaged (header intact), magic-looking junk,
+    // then one good frame: the search reads at most the magic and a
+    // prefix (≤ 140 bytes) at each position, and each body once.
+    use opsdata::{Codec, DataType, FrameEncoder, Record, TenantBatch, TenantId};
+    let t: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let big = |n: u128| {
+        let recs = (0..8).map(|i| {
+            opsdata::Tagged::new(
+                t,
+                Record::Performance(opsdata::Performance {
+                    object_name: "y".repeat(200),
+                    counter_name: format!("{n}-{i}"),
+                    perfmon_instance_name: String::new(),
+                    performance_data_id: uuid::Uuid::from_u128(n + 1),
+                    performance_source_internal_id: 1,
+                    sample_value: 0.0,
+                    time_sampled: at,
+                    time_added: at,
+                }),
+            )
+        });
+        let batch = TenantBatch::from_records(t, DataType::Performance, recs).unwrap();
+        FrameEncoder::new()
+            .with_codec(Codec::None)
+            .encode_frame(
+                &batch,
+                BatchId::new(uuid::Uuid::from_u128(n + 1)).unwrap(),
+                at,
+            )
+            .unwrap()
+    };
+    let mut bytes = vec![0u8; 20];
+    for n in 0..40 {
+        let f = big(n);
+        let start = bytes.len();
+        bytes.extend_from_slice(f.as_bytes());
+        bytes[start + 200] ^= 1;
+    }
+    let junk_start = bytes.len();
+    for i in 0..2_000u32 {
+        bytes.extend_from_slice(&FRAME_MAGIC);
+        bytes.extend_from_slice(&i.to_be_bytes());
+    }
+    let junk = (bytes.len() - junk_start) as u64;
+    let good = big(99);
+    let good_at = bytes.len() as u64;
+    bytes.extend_from_slice(good.as_bytes());
+    let d = test_dir("resync-work");
+    fs::create_dir_all(&d).unwrap();
+    let path = d.join("seg");
+    fs::write(&path, &bytes).unwrap();
+    let file = File::open(&path).unwrap();
+    let mut scanner = Scanner {
+        reader: BufReader::with_capacity(64 << 10, file),
+        pos: 0,
+        file_len: bytes.len() as u64,
+        max_frame_len: SpoolConfig::new(1 << 30).unwrap().max_frame_len(),
+        limits: FrameLimits::default(),
+        bytes_read: 0,
+    };
+    let mut damaged = 0;
+    let found = scanner.resync(20, &mut |_, _| damaged += 1).unwrap();
+    assert!(matches!(found, Some((p, Entry::Frame { .. })) if p == good_at));
+    assert_eq!(damaged, 40, "every damaged frame named");
+    let len = bytes.len() as u64;
+    // The damaged frames' bytes are read about once (their bodies once,
+    // skipped after), the junk at most 141 bytes a position.
+    let bound = 2 * (len - junk) + 141 * junk;
+    assert!(
+        scanner.bytes_read <= bound,
+        "{} bytes read for {len} ({junk} of junk), bound {bound}",
+        scanner.bytes_read
+    );
+    let _ = fs::remove_dir_all(&d);
+}
