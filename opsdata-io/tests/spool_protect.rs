@@ -465,3 +465,15 @@ fn the_kernel_keyring_store_keeps_the_key_and_is_refused_unless_allowed() {
     let e = FileSpool::open_protected(&d, config(), prot()).unwrap_err();
     assert!(matches!(e, SpoolError::KeyMissing { .. }), "{e:?}");
 }
+
+#[test]
+fn a_protected_spool_can_move_between_threads() {
+    fn send<T: Send>(_: &T) {}
+    let base = dir("send");
+    let (spool, _) =
+        FileSpool::open_protected(base.join("spool"), config(), protection(&base.join("k")))
+            .unwrap();
+    send(&spool);
+    let handle = std::thread::spawn(move || spool.len());
+    assert_eq!(handle.join().unwrap(), 0);
+}
