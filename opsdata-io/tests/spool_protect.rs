@@ -477,3 +477,75 @@ fn a_protected_spool_can_move_between_threads() {
     let handle = std::thread::spawn(move || spool.len());
     assert_eq!(handle.join().unwrap(), 0);
 }
+
+/// The sealed disk bound (`docs/SPOOL.md`: the outbox limit `/ 8`): with
+/// the frames held within `outbox_limit_bytes`, counted unsealed as the
+/// outbox counts them, no persist is refused on a disk bound a little over
+/// the smallest the settings take, even with the smallest frames (where
+/// sealing adds most: 84 bytes on about 74) pinned among large ones.
+#[test]
+fn sealed_frames_within_the_outbox_limit_always_fit_on_a_small_disk() {
+    let base = dir("sealed-bound");
+    let limits = FrameLimits::default().with_max_body(16 << 10).unwrap();
+    let with_disk = |max: u64| {
+        SpoolConfig::new(1 << 30)
+            .ok()?
+            .with_frame_limits(limits)
+            .ok()?
+            .with_segment_bytes(32 << 10)
+            .ok()?
+            .with_sealed_at_rest(true)
+            .ok()?
+            .with_max_disk_bytes(max)
+            .ok()
+    };
+    let (mut lo, mut hi) = (0u64, 1u64 << 30);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if with_disk(mid).is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let config = with_disk(hi + (128 << 10)).unwrap();
+    let limit = config.outbox_limit_bytes();
+    let d = base.join("spool");
+    let (mut spool, _) =
+        FileSpool::open_protected(&d, config, protection(&base.join("k"))).unwrap();
+    let tiny = |n: u64| {
+        let batch =
+            TenantBatch::from_records(tenant(), DataType::Event, std::iter::empty()).unwrap();
+        FrameEncoder::new()
+            .encode_frame(&batch, common::batch_id(n), t0())
+            .unwrap()
+    };
+    let mut held: std::collections::VecDeque<(u64, bool)> = Default::default();
+    for n in 0..3000u64 {
+        let pinned = n % 3 != 0;
+        let f = if pinned {
+            tiny(n)
+        } else {
+            common::frame(n, 5 + (n as usize * 7) % 20, 150)
+        };
+        let len = f.len() as u64;
+        while spool.held_bytes() + len > limit {
+            let i = held.iter().position(|h| !h.1).unwrap_or(0);
+            let (seq, _) = held.remove(i).unwrap();
+            spool.remove(common::batch_id(seq)).unwrap();
+        }
+        spool
+            .persist(f.batch_id(), &f)
+            .unwrap_or_else(|e| panic!("frame {n}: {e}"));
+        held.push_back((n, pinned));
+        assert!(spool.disk_bytes() <= config.max_disk_bytes());
+        if !pinned && n % 2 == 0 {
+            let i = held.iter().position(|h| !h.1).unwrap();
+            let (seq, _) = held.remove(i).unwrap();
+            spool.remove(common::batch_id(seq)).unwrap();
+        }
+    }
+    drop(spool);
+    let (_, rec) = FileSpool::open_protected(&d, config, protection(&base.join("k"))).unwrap();
+    assert_eq!(rec.frames, held.len());
+}
