@@ -31,6 +31,12 @@ const CHECK_TENANT: [u8; 16] = *b"opsdata-spoolkey";
 /// since is lost in a crash: at most this many per key).
 const USAGE_SAVE_EVERY: u64 = 1 << 16;
 
+/// Key id 1, the lowest.
+fn first_key_id() -> KeyId {
+    // Invariant: only 0 is refused.
+    KeyId::new(1).expect("1 is a key id")
+}
+
 fn check_tenant() -> TenantId {
     // Invariant: the constant is not the nil id.
     TenantId::from_bytes(CHECK_TENANT).expect("a non-nil tenant id")
@@ -264,10 +270,7 @@ impl Protected {
 
     fn census_of(&self, tenant: TenantId) -> KeyCensus {
         let mut c = KeyCensus::new();
-        for (&(t, id), &n) in self
-            .census
-            .range((tenant, KeyId::new(1).expect("1 is a key id"))..)
-        {
+        for (&(t, id), &n) in self.census.range((tenant, first_key_id())..) {
             if t != tenant {
                 break;
             }
@@ -358,16 +361,15 @@ impl Protected {
         let frame = Frame::decode(Bytes::from(bytes), limits)
             .map_err(|e| SpoolError::Key(KeyError::Frame(e)))?;
         let tenant = frame.tenant();
-        let ring = self
-            .rings
-            .get(&tenant)
-            .ok_or(SpoolError::Key(KeyError::UnknownKey {
+        let ring = self.rings.get(&tenant).ok_or_else(|| {
+            SpoolError::Key(KeyError::UnknownKey {
                 tenant,
                 id: opsdata::peek(frame.as_bytes())
                     .ok()
                     .and_then(|p| p.kek_id)
-                    .unwrap_or(KeyId::new(1).expect("1 is a key id")),
-            }))?;
+                    .unwrap_or_else(first_key_id),
+            })
+        })?;
         let plain = opsdata::open(&frame, ring).map_err(SpoolError::Key)?;
         Ok(plain.as_bytes().clone())
     }
