@@ -38,8 +38,8 @@ use opsdata::{
     Tagged, TenantBatch, TenantId, subject_ids,
 };
 use opsdata_io::{
-    AgentEvent, AgentSettings, AsyncAgent, FileSpool, HttpsSettings, HttpsTransport, PemIdentity,
-    SpoolConfig, load_certificates,
+    AgentEvent, AgentSettings, AsyncAgent, FileSpool, HttpsSettings, HttpsTransport, KeyFileStore,
+    PemIdentity, SpoolConfig, SpoolProtection, load_certificates, system_clock,
 };
 use uuid::Uuid;
 
@@ -73,6 +73,14 @@ struct Args {
     /// Offer only HTTP/1.1 (requests then take turns on one connection).
     #[arg(long)]
     http1: bool,
+    /// Where the spool key is kept (a 0600 file, created on first use);
+    /// default <DIR>/spool.key. The spool is sealed at rest under it.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Keep the spool in the clear (not recommended: a copy of the spool
+    /// directory then shows every cached record).
+    #[arg(long, conflicts_with = "key_file")]
+    unprotected: bool,
     /// Send the records of this JSON Lines file (docs/RECORDS.md) instead
     /// of the samples; needs --data-type.
     #[arg(long, requires = "data_type")]
@@ -149,11 +157,22 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let seed = u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into()?);
     // The backlog on disk; the outbox holds what the spool can keep within
     // that bound.
-    let config = SpoolConfig::new(args.spool_mib << 20)?;
+    let config = SpoolConfig::new(args.spool_mib << 20)?.with_sealed_at_rest(!args.unprotected)?;
     let policy = DeliveryPolicy::default()
         .with_limit_bytes(config.outbox_limit_bytes())?
         .with_max_in_flight(args.max_in_flight)?;
-    let (spool, found) = FileSpool::open(dir.join("spool"), config)?;
+    // Sealed at rest (recommended): the spool key in a 0600 file of its
+    // own, outside the spool directory.
+    let (spool, found) = if args.unprotected {
+        FileSpool::open(dir.join("spool"), config)?
+    } else {
+        let key = args
+            .key_file
+            .clone()
+            .unwrap_or_else(|| dir.join("spool.key"));
+        let protection = SpoolProtection::new(KeyFileStore::new(key), system_clock());
+        FileSpool::open_protected(dir.join("spool"), config, protection)?
+    };
     println!(
         "spool: {} frame(s), {} byte(s) held from an earlier run; {} torn byte(s) cut, {} segment(s) moved aside",
         found.frames,
@@ -161,6 +180,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         found.torn_bytes,
         found.moved_aside.len()
     );
+    // Frames lost to damage in the spool are losses like any other: a
+    // host feeds these to its `LossLedger` so the customer is told.
+    let corrupt: Vec<DeliveryEvent> = found.losses().collect();
+    for lost in &corrupt {
+        print_event(&AgentEvent::Delivery(lost.clone()));
+    }
     // Sends what an earlier run left, before anything new.
     let (mut agent, report) = AsyncAgent::start(
         AgentSettings::new(policy, seed).with_limits(FrameLimits::default()),
@@ -201,6 +226,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait);
     let (mut lost_batches, mut lost_records) = (0u64, 0u64);
+    for lost in &corrupt {
+        if let DeliveryEvent::Dropped { records, .. } = lost {
+            lost_batches += 1;
+            lost_records += u64::from(*records);
+        }
+    }
     let held = loop {
         while let Some(event) = agent.try_next_event() {
             if let AgentEvent::Delivery(DeliveryEvent::Dropped { records, .. }) = &event {

@@ -31,7 +31,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use opsdata::{DataType, Frame, FrameLimits, PayloadReader, Spool, TenantId};
-use opsdata_io::{FileSpool, SpoolConfig};
+use opsdata_io::{FileSpool, KeyFileStore, SpoolConfig, SpoolProtection, system_clock};
 
 /// Lists what an agent's spool holds (per tenant and data type: batches,
 /// records, bytes, oldest age) and checks every frame's CRCs.
@@ -52,6 +52,11 @@ struct Args {
     /// torn tail and move corrupt segments aside, as the agent would).
     #[arg(long)]
     in_place: bool,
+    /// The spool key's file, for a spool sealed at rest (the agent example
+    /// keeps it in <DIR>/spool.key); without it a protected spool does not
+    /// open.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +116,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn Error>> {
     let dir = copy.as_deref().unwrap_or(&args.spool);
     let config = SpoolConfig::new(args.spool_mib << 20)?;
     let limits = config.frame_limits();
-    let result = check(dir, config, limits, args.records);
+    let result = check(dir, config, limits, args.records, args.key_file.as_deref());
     if copy.is_some() && matches!(result, Ok(false)) {
         println!(
             "(found on a copy: the agent's spool is unchanged; its next start's recovery does the same)"
@@ -128,8 +133,15 @@ fn check(
     config: SpoolConfig,
     limits: FrameLimits,
     deep: bool,
+    key_file: Option<&Path>,
 ) -> Result<bool, Box<dyn Error>> {
-    let (mut spool, found) = FileSpool::open(dir, config)?;
+    let (mut spool, found) = match key_file {
+        Some(key) => {
+            let protection = SpoolProtection::new(KeyFileStore::new(key), system_clock());
+            FileSpool::open_protected(dir, config.with_sealed_at_rest(true)?, protection)?
+        }
+        None => FileSpool::open(dir, config)?,
+    };
     println!(
         "recovery: {} frame(s), {} byte(s) held, {} byte(s) on disk in {} segment(s); {} torn byte(s) cut; {} stale segment(s) removed{}",
         found.frames,
@@ -144,15 +156,36 @@ fn check(
             ""
         }
     );
-    let mut sound = found.moved_aside.is_empty();
+    let mut sound = found.moved_aside.is_empty() && found.damaged_frames.is_empty();
     for m in &found.moved_aside {
         println!(
-            "MOVED ASIDE {} at byte {}: {:?}; {} byte(s) lost, {} frame(s) before it kept",
+            "MOVED ASIDE {} (damage from byte {}): {} byte(s) skipped, {} intact frame(s) kept",
             m.path.display(),
             m.offset,
-            m.reason,
             m.bytes_lost,
             m.frames_kept
+        );
+        for d in &m.damage {
+            println!(
+                "  skipped {} byte(s) at {}: {:?}",
+                d.len, d.offset, d.reason
+            );
+        }
+    }
+    for d in &found.damaged_frames {
+        println!(
+            "DAMAGED {} batch {} of {} ({} record(s), segment {:x} at byte {}){}",
+            d.data_type,
+            d.batch_id,
+            d.tenant,
+            d.records,
+            d.segment,
+            d.offset,
+            if d.lost {
+                ": LOST"
+            } else {
+                ": another copy was kept, or it had been removed"
+            }
         );
     }
 

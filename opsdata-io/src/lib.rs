@@ -2,7 +2,8 @@
 //! host, written once.
 //!
 //! - [`FileSpool`]: a crash-safe [`opsdata::Spool`] on disk (segment log of
-//!   frames and removal markers, `docs/SPOOL.md`).
+//!   frames and removal markers, `docs/SPOOL.md`), optionally sealed at rest
+//!   under a key in a [`SpoolKeyStore`] ([`FileSpool::open_protected`]).
 //! - [`AsyncAgent`]: the agent on tokio, the core's `Outbox` driven by one
 //!   task (spool operations in order before each transmit, up to
 //!   `max_in_flight` requests per tenant at once, timers from
@@ -88,9 +89,11 @@ pub use service::{
     ServiceLimits, serve, serve_app,
 };
 pub use spool::{
-    CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, FileSpool, MARKER_LEN, MARKER_MAGIC, MOVE_LEN,
-    MOVE_MAGIC, MovedAside, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SpoolConfig, SpoolConfigError,
-    SpoolError, SpoolRecovery,
+    CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, DamagedFrame, DamagedRange, FileSpool,
+    KeyFileStore, KeyReport, MARKER_LEN, MARKER_MAGIC, MOVE_LEN, MOVE_MAGIC, MovedAside,
+    OS_KEY_SERVICE, OsKeyStore, OsStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SPOOL_KEY_LEN,
+    SPOOLKEY_MAGIC, SpoolConfig, SpoolConfigError, SpoolError, SpoolKeyBytes, SpoolKeyError,
+    SpoolKeyStore, SpoolProtection, SpoolRecovery,
 };
 pub use wire::{
     ACK_LEN, ACK_MAGIC, ACKS_CONTENT_TYPE, Ack, FRAMES_CONTENT_TYPE, FRAMES_PATH, WireError,

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Duration};
+use chrono::{DateTime, Duration, Utc};
 use common::server::{IngestServer, Pki, State};
 use common::{frame, seqs_of, t0, tenant};
 use opsdata::{
@@ -55,8 +55,8 @@ use opsdata::{
     Spool, read_back,
 };
 use opsdata_io::{
-    AgentSettings, AsyncAgent, EventJournal, FileSpool, HttpsSettings, HttpsTransport, PemIdentity,
-    SpoolConfig, load_certificates,
+    AgentSettings, AsyncAgent, EventJournal, FileSpool, HttpsSettings, HttpsTransport,
+    KeyFileStore, PemIdentity, SpoolConfig, SpoolProtection, load_certificates,
 };
 
 const CHILD_TEST: &str = "crash_child";
@@ -83,6 +83,22 @@ fn spool_config() -> SpoolConfig {
         .unwrap()
         .with_segment_bytes(128 << 10)
         .unwrap()
+        .with_sealed_at_rest(SPOOL_PROTECTED)
+        .unwrap()
+}
+
+/// The spool is sealed at rest (issue 15: the crash test passes with
+/// protection on), its key in a 0600 file beside the spool directory.
+const SPOOL_PROTECTED: bool = true;
+
+fn open_spool(dir: &Path) -> (FileSpool, SpoolRecovery) {
+    if SPOOL_PROTECTED {
+        let store = KeyFileStore::new(dir.join("spool.key"));
+        let protection = SpoolProtection::new(store, Arc::new(Utc::now));
+        FileSpool::open_protected(dir.join("spool"), spool_config(), protection).unwrap()
+    } else {
+        FileSpool::open(dir.join("spool"), spool_config()).unwrap()
+    }
 }
 
 /// Whether the service rejects the batch of `seq` (one in sixteen, fixed).
@@ -251,7 +267,7 @@ fn crash_child() {
     let limit_bytes: u64 = std::env::var(ENV_LIMIT).unwrap().parse().unwrap();
     let drain = std::env::var(ENV_DRAIN).is_ok();
     let (mut journal, lines) = Journal::open(&dir.join("journal.log"));
-    let (mut spool, recovery) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
+    let (mut spool, recovery) = open_spool(&dir);
     // A kill (not a power cut) can leave a torn tail, never damage: no
     // segment may be moved aside.
     assert!(
@@ -590,7 +606,7 @@ fn crash_cycles() {
     );
     assert_eq!(stats.frames as usize, delivered.len(), "{report}");
     // Nothing left in the spool.
-    let (_, rec) = FileSpool::open(dir.join("spool"), spool_config()).unwrap();
+    let (_, rec) = open_spool(&dir);
     assert_eq!((rec.frames, rec.held_bytes), (0, 0), "{report}");
     // The run exercised what it is for.
     assert!(pushed.len() > 100, "{report}: too little progress");

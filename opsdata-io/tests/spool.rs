@@ -223,14 +223,22 @@ fn a_torn_removal_marker_is_cut_off_and_its_frame_stays() {
     }
     let seg = segment_files(&d).pop().unwrap();
     let whole = fs::read(&seg).unwrap();
+    // A removal is its marker twice (48 bytes). Cut inside the second
+    // copy: the first still removes the frame.
     fs::write(&seg, &whole[..whole.len() - 5]).unwrap();
+    let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
+    assert_eq!((rec.frames, rec.torn_bytes), (0, 19));
+    assert!(load(&mut spool).is_empty());
+    drop(spool);
+    // Cut inside the first copy: the removal is lost, the frame stays.
+    fs::write(&seg, &whole[..whole.len() - 24 - 5]).unwrap();
     let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
     assert_eq!((rec.frames, rec.torn_bytes), (1, 19));
     assert_eq!(load(&mut spool), vec![f.as_bytes().clone()]);
 }
 
 #[test]
-fn a_flipped_byte_in_a_middle_segment_moves_it_aside_and_keeps_the_rest() {
+fn a_flipped_byte_in_a_middle_segment_loses_only_that_frame_and_reports_it() {
     let d = dir("corrupt");
     let frames: Vec<Frame> = (0..60).map(|n| frame(n, 10, 150)).collect();
     persist_all(&d, &frames);
@@ -260,17 +268,56 @@ fn a_flipped_byte_in_a_middle_segment_moves_it_aside_and_keeps_the_rest() {
     let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
     assert_eq!(rec.moved_aside.len(), 1);
     let m = &rec.moved_aside[0];
-    assert!(matches!(m.reason, Corruption::Frame(_)), "{:?}", m.reason);
+    assert_eq!(m.damage.len(), 1);
+    assert!(
+        matches!(m.damage[0].reason, Corruption::Frame(_)),
+        "{:?}",
+        m.damage[0].reason
+    );
     assert_eq!(m.offset, at as u64);
-    assert_eq!(m.bytes_lost, (bytes.len() - at) as u64);
-    assert_eq!(m.frames_kept, 1);
+    assert_eq!(m.bytes_lost, victim.len() as u64, "only the damaged frame");
+    assert_eq!(rec.bytes_skipped, victim.len() as u64);
+    assert_eq!(m.frames_kept, in_middle.len() - 1);
+    assert_eq!(rec.damaged_frames.len(), 1);
+    let lost = &rec.damaged_frames[0];
+    assert_eq!(
+        (lost.batch_id, lost.tenant, lost.data_type, lost.lost),
+        (victim.batch_id(), victim.tenant(), victim.data_type(), true)
+    );
+    // The loss reaches the host as a drop of its own reason, with the
+    // header's counts, so a LossLedger notifies it like any other.
+    let drops: Vec<_> = rec.losses().collect();
+    assert_eq!(drops.len(), 1);
+    match &drops[0] {
+        opsdata::DeliveryEvent::Dropped {
+            tenant,
+            data_type,
+            batch_id,
+            records,
+            bytes,
+            reason,
+        } => {
+            assert_eq!(
+                (*tenant, *data_type, *batch_id, *reason),
+                (
+                    victim.tenant(),
+                    victim.data_type(),
+                    victim.batch_id(),
+                    opsdata::DropReason::Corrupt
+                )
+            );
+            assert_eq!(*records, victim.header().record_count);
+            assert_eq!(*bytes, victim.len() as u64);
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(m.path.exists() && m.path.to_string_lossy().ends_with(".log.corrupt"));
     assert!(!middle.exists());
-    let lost: Vec<u64> = in_middle[1..].iter().map(|&i| i as u64).collect();
-    let expected: Vec<u64> = (0..60).filter(|n| !lost.contains(n)).collect();
+    let lost = in_middle[1] as u64;
+    let expected: Vec<u64> = (0..60).filter(|n| *n != lost).collect();
     assert_eq!(rec.frames, expected.len());
     assert_eq!(load_seqs_single(&mut spool), expected);
-    // Start-up after that is clean, and the kept frame stays.
+    // Start-up after that is clean, and the kept frames stay.
     drop(spool);
     let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
     assert!(rec.moved_aside.is_empty());
@@ -559,21 +606,23 @@ fn regression_a_flipped_length_bit_in_the_last_segment_is_corruption_not_a_torn_
     let m = &rec.moved_aside[0];
     assert!(
         matches!(
-            m.reason,
+            m.damage[0].reason,
             Corruption::Frame(opsdata::FrameError::HeaderCrc { .. })
         ),
         "{:?}",
-        m.reason
+        m.damage[0].reason
     );
     assert_eq!(m.offset, at as u64);
-    assert_eq!(m.bytes_lost, (bytes.len() - at) as u64);
-    assert_eq!(m.frames_kept, 2);
+    // The frames after the damaged one are found again.
+    assert_eq!(m.bytes_lost, frames[2].len() as u64);
+    assert_eq!(m.frames_kept, 4);
+    assert!(rec.damaged_frames.is_empty(), "its header is unreadable");
     assert_eq!(fs::read(&m.path).unwrap(), damaged, "kept for the operator");
-    assert_eq!(load_seqs_single(&mut spool), vec![0, 1]);
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 3, 4]);
     drop(spool);
     let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
     assert!(rec.moved_aside.is_empty());
-    assert_eq!(load_seqs_single(&mut spool), vec![0, 1]);
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 3, 4]);
 }
 
 #[test]
@@ -651,9 +700,14 @@ fn a_marker_with_a_valid_crc_and_the_nil_batch_id_is_corrupt() {
     let (mut spool, rec) = FileSpool::open(&d, small()).unwrap();
     assert_eq!(rec.moved_aside.len(), 1);
     let m = &rec.moved_aside[0];
-    assert!(matches!(m.reason, Corruption::NilMarker), "{:?}", m.reason);
-    assert_eq!((m.offset, m.frames_kept), (at as u64, 1));
-    assert_eq!(load_seqs_single(&mut spool), vec![0]);
+    assert!(
+        matches!(m.damage[0].reason, Corruption::NilMarker),
+        "{:?}",
+        m.damage[0].reason
+    );
+    // Only the marker is skipped: the frames after it are found again.
+    assert_eq!((m.offset, m.bytes_lost, m.frames_kept), (at as u64, 24, 3));
+    assert_eq!(load_seqs_single(&mut spool), vec![0, 1, 2]);
 }
 
 #[test]
