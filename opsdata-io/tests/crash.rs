@@ -56,7 +56,7 @@ use opsdata::{
 };
 use opsdata_io::{
     AgentSettings, AsyncAgent, EventJournal, FileSpool, HttpsSettings, HttpsTransport,
-    KeyFileStore, PemIdentity, SpoolConfig, SpoolProtection, load_certificates,
+    KeyFileStore, PemIdentity, SpoolConfig, SpoolProtection, SpoolRecovery, load_certificates,
 };
 
 const CHILD_TEST: &str = "crash_child";
