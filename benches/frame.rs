@@ -5,15 +5,22 @@
 //! - `frame_encode_1MiB`: `serialize` (records to JSON Lines), `compress_l1`
 //!   (raw DEFLATE level 1 of that payload) and `frame_encode`
 //!   ([`FrameEncoder::encode`]: validate, serialize, compress, header, CRCs).
-//! - `frame_decode_1MiB`: `inflate` (raw inflate of the level-1 body),
-//!   `parse` (`Record::from_json` of each line, collected into a `Vec`) and
-//!   `frame_decode` ([`FrameDecoder`] push + poll, then
-//!   [`PayloadReader::records`]).
+//! - `frame_decode_1MiB`: the raw parts `inflate` (raw inflate of the
+//!   level-1 body), `parse` (`Record::from_json` of each line, collected
+//!   into a `Vec`), `parse_borrowed` (`RecordRef::from_json` of each line)
+//!   and `parse_borrowed_validate` (the same, each record validated); then
+//!   the framed paths, each from [`FrameDecoder`] push + poll:
+//!   `frame_decode` ([`PayloadReader::records`], owned),
+//!   `frame_decode_validate` (the same, then each record validated),
+//!   `frame_decode_borrowed` ([`PayloadReader::visit_records`]) and
+//!   `frame_decode_borrowed_validate` (validating each record as it is
+//!   visited: what [`opsdata::Ingest`] does).
 //! - `deflate_levels_1MiB`: raw DEFLATE alone at levels 1, 3, 6 and 9; the
 //!   compressed size and ratio of each level are printed once to stderr.
 //!
-//! The goal: framing adds at most 10 % to serialize + compress (encode) and
-//! to inflate + parse (decode).
+//! The goals: framing adds at most 10 % to serialize + compress (encode) and
+//! to inflate + parse (decode); borrowed decode + validate is at least 1.4
+//! times as fast as owned `frame_decode` in the same run.
 //!
 //! `cargo bench --bench frame`
 
@@ -24,6 +31,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use opsdata::{
     BatchId, DataType, Decoded, FrameDecoder, FrameEncoder, FrameLimits, PayloadReader, Record,
+    RecordLimits, RecordRef,
 };
 mod common;
 use common::{configure, performance_batch, performance_records};
@@ -133,6 +141,22 @@ fn bench_frame(c: &mut Criterion) {
 
     // Decode.
     {
+        let limits = RecordLimits::default();
+        // The frame out of a fresh decoder, as a service reads it.
+        let decode = |bytes: &[u8]| {
+            let mut decoder = FrameDecoder::new(FrameLimits::default());
+            decoder.push(black_box(bytes));
+            let Decoded::Frame(frame) = decoder.poll_frame().unwrap() else {
+                panic!("whole frame pushed");
+            };
+            frame
+        };
+        let mut reader = PayloadReader::new(FrameLimits::default());
+        let mut visited = Vec::new();
+        reader
+            .visit_records(&decode(&frame_bytes), |_, r| visited.push(r.to_owned()))
+            .unwrap();
+        assert_eq!(visited, records, "the borrowed reader read other records");
         let mut g = c.benchmark_group("frame_decode_1MiB");
         configure(&mut g, payload.len());
         let mut inflater = Decompress::new(false);
@@ -152,15 +176,54 @@ fn bench_frame(c: &mut Criterion) {
                 black_box(parsed)
             })
         });
-        let mut reader = PayloadReader::new(FrameLimits::default());
-        g.bench_function("frame_decode", |b| {
+        g.bench_function("parse_borrowed", |b| {
             b.iter(|| {
-                let mut decoder = FrameDecoder::new(FrameLimits::default());
-                decoder.push(black_box(&frame_bytes));
-                let Decoded::Frame(frame) = decoder.poll_frame().unwrap() else {
-                    panic!("whole frame pushed");
-                };
-                black_box(reader.records(&frame).unwrap())
+                for line in black_box(&payload[..payload.len() - 1]).split(|&b| b == b'\n') {
+                    black_box(RecordRef::from_json(DataType::Performance, line).unwrap());
+                }
+            })
+        });
+        g.bench_function("parse_borrowed_validate", |b| {
+            b.iter(|| {
+                for line in black_box(&payload[..payload.len() - 1]).split(|&b| b == b'\n') {
+                    let r = RecordRef::from_json(DataType::Performance, line).unwrap();
+                    r.validate(&limits).unwrap();
+                    black_box(r);
+                }
+            })
+        });
+        g.bench_function("frame_decode", |b| {
+            b.iter(|| black_box(reader.records(&decode(&frame_bytes)).unwrap()))
+        });
+        g.bench_function("frame_decode_validate", |b| {
+            b.iter(|| {
+                let records = reader.records(&decode(&frame_bytes)).unwrap();
+                for r in &records {
+                    r.validate(&limits).unwrap();
+                }
+                black_box(records)
+            })
+        });
+        g.bench_function("frame_decode_borrowed", |b| {
+            b.iter(|| {
+                let frame = decode(&frame_bytes);
+                let n = reader
+                    .visit_records(&frame, |_, r| {
+                        black_box(r);
+                    })
+                    .unwrap();
+                black_box(n)
+            })
+        });
+        g.bench_function("frame_decode_borrowed_validate", |b| {
+            b.iter(|| {
+                let frame = decode(&frame_bytes);
+                let mut ok = true;
+                let n = reader
+                    .visit_records(&frame, |_, r| ok &= r.validate(&limits).is_ok())
+                    .unwrap();
+                assert!(ok);
+                black_box(n)
             })
         });
         g.finish();

@@ -88,7 +88,14 @@ impl<'a> RecordRef<'a> {
             DataType::Configuration => RecordRef::Configuration(parse(data_type, json)?),
             DataType::Event => RecordRef::Event(parse(data_type, json)?),
             DataType::Metadata => RecordRef::Metadata(parse(data_type, json)?),
-            DataType::Performance => RecordRef::Performance(parse(data_type, json)?),
+            // The type agents send the most of: its canonical form first,
+            // serde for anything else (and for every error).
+            DataType::Performance => {
+                RecordRef::Performance(match super::performance::parse_canonical(json) {
+                    Some(record) => record,
+                    None => parse(data_type, json)?,
+                })
+            }
             DataType::State => RecordRef::State(parse(data_type, json)?),
         })
     }
