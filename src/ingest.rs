@@ -5,8 +5,8 @@
 //! decodes the frames with the streaming decoder and its limits, requires
 //! every frame's tenant to be the principal's, parses and validates the
 //! records (through their borrowed view, [`RecordRef`](crate::RecordRef),
-//! without keeping them), answers a batch it has already accepted with `Delivered` without
-//! storing it again, applies a per-tenant rate limit, seals the frame under
+//! without keeping them), answers a batch it has already accepted with
+//! `Delivered` without storing it again, applies a per-tenant rate limit, seals the frame under
 //! the tenant's primary key and asks the host to store it
 //! ([`StoreOp::Put`]). Each frame gets the [`Outcome`] an agent's
 //! [`Outbox`](crate::Outbox) understands.

@@ -356,3 +356,88 @@ fn the_visitor_fails_as_records_fails() {
         ));
     }
 }
+
+/// A codec-none Alert frame of tenant `tenant` holding `lines` as its
+/// payload, built by hand (the encoder refuses invalid records).
+fn alert_frame_of_lines(tenant: TenantId, lines: &[Vec<u8>]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for line in lines {
+        payload.extend_from_slice(line);
+        payload.push(b'\n');
+    }
+    let header = opsdata::FrameHeader {
+        sealed: false,
+        codec: Codec::None,
+        data_type: DataType::Alert,
+        record_count: lines.len() as u32,
+        tenant,
+        batch_id: BatchId::from_random_bytes([lines.len() as u8; 16]),
+        created: Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(),
+        content_len: payload.len() as u32,
+        body_len: payload.len() as u32,
+    };
+    let mut bytes = header.encode().to_vec();
+    bytes.extend_from_slice(&common::crc32(&bytes).to_be_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&common::crc32(&payload).to_be_bytes());
+    bytes
+}
+
+#[test]
+fn ingest_reports_a_frame_that_does_not_parse_before_an_invalid_record() {
+    use base64::Engine;
+    use opsdata::{
+        AuthPolicy, DeterministicEntropy, EnrollmentKey, Ingest, IngestConfig, IngestError,
+        KeyRing, Outcome, Principal, RotationPolicy, WorkspaceKeys, sign_data_collector,
+        verify_data_collector,
+    };
+    let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    let key =
+        EnrollmentKey::from_base64(&base64::engine::general_purpose::STANDARD.encode([9u8; 64]))
+            .unwrap();
+    let s = sign_data_collector(tenant, &key, now, b"x");
+    let verified = verify_data_collector(
+        &WorkspaceKeys::new(tenant, key),
+        &s.authorization,
+        &s.x_ms_date,
+        b"x",
+        &AuthPolicy::default(),
+        now,
+    )
+    .unwrap();
+    let principal = Principal::from_signature(&verified);
+    let mut entropy = DeterministicEntropy::from_u64(1);
+    let mut ring = KeyRing::new(tenant, &RotationPolicy::default());
+    let k = ring.generate(&mut entropy, now).unwrap();
+    ring.promote(k, now).unwrap();
+    let mut ingest = Ingest::new(IngestConfig::default());
+
+    let invalid = with_raw(DataType::Alert, "RepeatCount", "-1").into_bytes();
+    let valid = with_raw(DataType::Alert, "RepeatCount", "1").into_bytes();
+    let cases: [(&[Vec<u8>], &str); 3] = [
+        // An invalid record, then a line that does not parse: the parse
+        // error, as when every record was parsed before any was validated.
+        (&[invalid.clone(), b"{}".to_vec()], "frame"),
+        // An invalid record among valid ones: that record.
+        (&[valid.clone(), invalid.clone(), valid.clone()], "record 1"),
+        (&[valid.clone(), valid], "stored"),
+    ];
+    for (lines, want) in cases {
+        let bytes = alert_frame_of_lines(tenant, lines);
+        let report = ingest
+            .handle_request(now, &principal, &mut ring, &mut entropy, &bytes)
+            .unwrap();
+        let answer = &report.answers[0];
+        match (want, &answer.error) {
+            ("frame", Some(IngestError::Frame(FrameError::Record { index: 1, .. })))
+            | ("record 1", Some(IngestError::Record { index: 1, .. })) => {
+                assert_eq!(answer.outcome, Outcome::Rejected);
+            }
+            ("stored", None) => assert_eq!(answer.outcome, Outcome::Delivered),
+            (want, got) => panic!("{want}: {got:?}"),
+        }
+    }
+    assert_eq!(ingest.stats(tenant).records, 2);
+    assert_eq!(ingest.stats(tenant).rejected, 2);
+}
