@@ -6,9 +6,11 @@
 use crate::record::{DataType, Record, RecordLimits};
 
 /// Record parsing: the first byte picks the data type, the rest is parsed as
-/// that type's JSON. A record that parses and validates must serialize and
-/// parse back to itself.
+/// that type's JSON. The borrowed parser must agree with the owned one
+/// ([`record_differential`]), and a record that parses and validates must
+/// serialize and parse back to itself.
 pub fn record_json(data: &[u8]) {
+    record_differential(data);
     let Some((&selector, json)) = data.split_first() else {
         return;
     };
@@ -27,6 +29,51 @@ pub fn record_json(data: &[u8]) {
     }
 }
 
+/// Borrowed against owned record parsing, on the same bytes: the first byte
+/// picks the data type (as in [`record_json`]), the rest is the JSON text.
+/// Checks that [`RecordRef::from_json`] and [`Record::from_json`] agree: the
+/// same record (the borrowed one's [`RecordRef::to_owned`] equal to the
+/// owned one, and equal in its `Debug` text, so that `-0.0` and `0.0` stay
+/// apart) or the same error, to the message; and that validation of the two
+/// gives the same result, under the default limits and under small ones.
+///
+/// [`RecordRef::from_json`]: crate::record::RecordRef::from_json
+/// [`RecordRef::to_owned`]: crate::record::RecordRef::to_owned
+pub fn record_differential(data: &[u8]) {
+    use crate::record::RecordRef;
+
+    let Some((&selector, json)) = data.split_first() else {
+        return;
+    };
+    let data_type = DataType::ALL[usize::from(selector) % DataType::ALL.len()];
+    let owned = Record::from_json(data_type, json);
+    let borrowed = RecordRef::from_json(data_type, json);
+    let (owned, borrowed) = match (owned, borrowed) {
+        (Ok(o), Ok(b)) => (o, b),
+        (Err(o), Err(b)) => {
+            assert_eq!(o.to_string(), b.to_string(), "the parsers fail differently");
+            return;
+        }
+        (o, b) => panic!("only one parser accepts the input: owned {o:?}, borrowed {b:?}"),
+    };
+    assert_eq!(borrowed.data_type(), data_type);
+    let back = borrowed.to_owned();
+    assert_eq!(back, owned, "the parsers read different records");
+    assert_eq!(format!("{back:?}"), format!("{owned:?}"));
+    let small = RecordLimits::default()
+        .with_max_field_bytes(16)
+        .and_then(|l| l.with_max_event_fields(crate::record::Event::FIXED_FIELDS.len() + 1))
+        .expect("limits in range");
+    for limits in [RecordLimits::default(), small] {
+        let (o, b) = (owned.validate(&limits), borrowed.validate(&limits));
+        assert_eq!(
+            o.map_err(|e| e.to_string()),
+            b.map_err(|e| e.to_string()),
+            "validation differs"
+        );
+    }
+}
+
 /// The frame decoder on arbitrary bytes in arbitrary chunking, with small
 /// limits. The first two bytes choose the chunk sizes (and, by the low bit
 /// of the first, whether the harness repairs the CRCs of the frames it finds,
@@ -34,7 +81,11 @@ pub fn record_json(data: &[u8]) {
 /// at a CRC); the rest is the input.
 /// Checks: no panic; every frame yielded re-reads identically on its own and
 /// lies within the input; the decoder's buffer stays within one frame plus
-/// one chunk; records decode (or fail) without exceeding the limits.
+/// one chunk; records decode (or fail) without exceeding the limits; the
+/// borrowed reader ([`PayloadReader::visit_records`]) visits the records
+/// the owned one returns, or fails with the same error.
+///
+/// [`PayloadReader::visit_records`]: crate::frame::PayloadReader::visit_records
 pub fn frame_decoder(data: &[u8]) {
     use crate::frame::{Decoded, Frame, FrameDecoder, PayloadReader};
 
@@ -73,9 +124,31 @@ pub fn frame_decoder(data: &[u8]) {
                     let alone = Frame::decode(frame.as_bytes().clone(), &limits)
                         .expect("a frame the decoder yields re-reads alone");
                     assert_eq!(alone, frame);
-                    if let Ok(records) = reader.records(&frame) {
+                    let owned = reader.records(&frame);
+                    if let Ok(records) = &owned {
                         assert_eq!(records.len(), frame.header().record_count as usize);
                         assert!(records.iter().all(|r| r.data_type() == frame.data_type()));
+                    }
+                    // The borrowed reader agrees: the same records, or the
+                    // same error after the same records.
+                    let mut visited = Vec::new();
+                    let borrowed = reader.visit_records(&frame, |index, record| {
+                        assert_eq!(index, visited.len(), "records visited out of order");
+                        visited.push(record.to_owned());
+                    });
+                    match (owned, borrowed) {
+                        (Ok(records), Ok(count)) => {
+                            assert_eq!(count as usize, records.len());
+                            assert_eq!(visited, records, "the readers read different records");
+                        }
+                        (Err(a), Err(b)) => {
+                            assert_eq!(
+                                a.to_string(),
+                                b.to_string(),
+                                "the readers fail differently"
+                            );
+                        }
+                        (a, b) => panic!("only one reader accepts the frame: {a:?} / {b:?}"),
                     }
                 }
                 Ok(Decoded::NeedMore(n)) => {

@@ -4,8 +4,9 @@
 //! For each request the host has authenticated (a [`Principal`]), [`Ingest`]
 //! decodes the frames with the streaming decoder and its limits, requires
 //! every frame's tenant to be the principal's, parses and validates the
-//! records, answers a batch it has already accepted with `Delivered` without
-//! storing it again, applies a per-tenant rate limit, seals the frame under
+//! records (through their borrowed view, [`RecordRef`](crate::RecordRef),
+//! without keeping them), answers a batch it has already accepted with
+//! `Delivered` without storing it again, applies a per-tenant rate limit, seals the frame under
 //! the tenant's primary key and asks the host to store it
 //! ([`StoreOp::Put`]). Each frame gets the [`Outcome`] an agent's
 //! [`Outbox`](crate::Outbox) understands.
@@ -494,22 +495,32 @@ impl Ingest {
                 Some(IngestError::Key(KeyError::AlreadySealed)),
             );
         }
-        let records = match self.reader.records(&frame) {
-            Ok(r) => r,
-            Err(e) => {
+        // Records are validated through their borrowed view, as they are
+        // parsed, without being kept. Every line is still parsed after an
+        // invalid record, so that a frame that does not parse is refused
+        // for that (as when all records were parsed before any was
+        // validated), and an invalid record is reported only for a frame
+        // that parses.
+        let record_limits = &self.config.record_limits;
+        let mut invalid = None;
+        let parsed = self.reader.visit_records(&frame, |index, record| {
+            if invalid.is_none()
+                && let Err(error) = record.validate(record_limits)
+            {
+                invalid = Some(IngestError::Record { index, error });
+            }
+        });
+        let count = match (parsed, invalid) {
+            (Ok(count), None) => count,
+            (Err(e), _) => {
                 self.stats.entry(tenant).or_default().rejected += 1;
                 return answer(Outcome::Rejected, Some(e.into()));
             }
-        };
-        for (index, record) in records.iter().enumerate() {
-            if let Err(error) = record.validate(&self.config.record_limits) {
+            (Ok(_), Some(e)) => {
                 self.stats.entry(tenant).or_default().rejected += 1;
-                return answer(
-                    Outcome::Rejected,
-                    Some(IngestError::Record { index, error }),
-                );
+                return answer(Outcome::Rejected, Some(e));
             }
-        }
+        };
         let content = u64::from(frame.header().content_len);
         if let Some(wait) = self.take_tokens(now, tenant, content) {
             self.stats.entry(tenant).or_default().throttled += 1;
@@ -524,10 +535,10 @@ impl Ingest {
         self.remember(tenant, batch_id);
         let s = self.stats.entry(tenant).or_default();
         s.frames += 1;
-        s.records += records.len() as u64;
+        s.records += u64::from(count);
         s.content_bytes += content;
         s.body_bytes += u64::from(frame.header().body_len);
-        *s.records_by_type.entry(frame.data_type()).or_default() += records.len() as u64;
+        *s.records_by_type.entry(frame.data_type()).or_default() += u64::from(count);
         self.store.push_back(StoreOp::Put {
             tenant,
             object: ObjectKey(batch_id),

@@ -160,9 +160,10 @@ pub use keys::{
     SystemEntropy, WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
 };
 pub use record::{
-    Alert, AlertPriority, AlertSeverity, ChannelLevel, Configuration, CustomFields, DataType,
-    Event, HealthState, Metadata, NameProblem, Performance, Record, RecordError, RecordLimits,
-    ResolutionState, State,
+    Alert, AlertPriority, AlertRef, AlertSeverity, ChannelLevel, Configuration, ConfigurationRef,
+    CustomFields, DataType, Event, EventRef, HealthState, Metadata, MetadataRef, NameProblem,
+    Performance, PerformanceRef, Record, RecordError, RecordLimits, RecordRef, ResolutionState,
+    State, StateRef,
 };
 pub use retention::{
     DeleteReason, ObjectKind, Plan, RetentionAction, RetentionError, RetentionPlan,

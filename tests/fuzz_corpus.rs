@@ -10,6 +10,7 @@ type Target = fn(&[u8]);
 
 const TARGETS: &[(&str, Target)] = &[
     ("record_json", opsdata::fuzz::record_json),
+    ("record_differential", opsdata::fuzz::record_differential),
     ("frame_decoder", opsdata::fuzz::frame_decoder),
     ("outbox_ops", opsdata::fuzz::outbox_ops),
     ("sealed_open", opsdata::fuzz::sealed_open),

@@ -1,7 +1,7 @@
 use flate2::{Decompress, FlushDecompress, Status};
 
 use super::{Codec, Frame, FrameError, FrameLimits};
-use crate::record::Record;
+use crate::record::{Record, RecordRef};
 
 /// Inflates and parses frames' payloads, reusing its inflater and buffer
 /// across frames.
@@ -118,6 +118,79 @@ impl PayloadReader {
     /// the per-record limit, [`FrameError::Record`] for a line that is not a
     /// record of the frame's data type.
     pub fn records(&mut self, frame: &Frame) -> Result<Vec<Record>, FrameError> {
+        // record_count is checked against the limit before any line is
+        // read; but a tiny frame may declare many records, so reserve for a
+        // few only and let the vector grow as records actually arrive.
+        let declared = frame.header().record_count.min(self.limits.max_records());
+        let mut records = Vec::with_capacity((declared as usize).min(1024));
+        let data_type = frame.data_type();
+        self.lines(frame, |index, line| {
+            let record = Record::from_json(data_type, line)
+                .map_err(|source| FrameError::Record { index, source })?;
+            records.push(record);
+            Ok(())
+        })?;
+        Ok(records)
+    }
+
+    /// Hands each of the frame's records to `visit`, parsed as its data
+    /// type into a [`RecordRef`] borrowing its strings from the inflated
+    /// payload, with its index. Inflation goes a window at a time as for
+    /// [`PayloadReader::records`], and nothing is allocated per record
+    /// (but for strings with escapes, and an Event's parameter list and
+    /// custom fields): the reader's buffers are reused from frame to frame.
+    ///
+    /// The checks and errors are those of [`PayloadReader::records`], in the
+    /// same order, so a frame `records` refuses is refused here with the
+    /// same error; records before a failing line have been visited by then.
+    /// Records are parsed, not validated: call [`RecordRef::validate`] in
+    /// `visit` where the source is not trusted. Returns the number of
+    /// records visited (the header's `record_count`).
+    ///
+    /// ```
+    /// # use chrono::{TimeZone, Utc};
+    /// # use opsdata::*;
+    /// # let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+    /// # let tenant: TenantId = "0f8fad5b-d9cb-469f-a165-70867728950e".parse().unwrap();
+    /// # let batch = TenantBatch::new(tenant, DataType::State);
+    /// # let frame = FrameEncoder::new().encode_frame(&batch, BatchId::from_random_bytes([1; 16]), now)?;
+    /// let mut reader = PayloadReader::new(FrameLimits::default());
+    /// let limits = RecordLimits::default();
+    /// let mut invalid = None;
+    /// let count = reader.visit_records(&frame, |index, record| {
+    ///     if invalid.is_none() {
+    ///         invalid = record.validate(&limits).err().map(|e| (index, e));
+    ///     }
+    /// })?;
+    /// assert_eq!((count, invalid.is_none()), (0, true));
+    /// # Ok::<(), FrameError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`PayloadReader::records`].
+    pub fn visit_records(
+        &mut self,
+        frame: &Frame,
+        mut visit: impl FnMut(usize, RecordRef<'_>),
+    ) -> Result<u32, FrameError> {
+        let data_type = frame.data_type();
+        self.lines(frame, |index, line| {
+            let record = RecordRef::from_json(data_type, line)
+                .map_err(|source| FrameError::Record { index, source })?;
+            visit(index, record);
+            Ok(())
+        })
+    }
+
+    /// Checks the header, inflates the payload a window at a time and hands
+    /// each line (without its `\n`) to `line`, counting them against the
+    /// header's `record_count`; returns that count.
+    fn lines(
+        &mut self,
+        frame: &Frame,
+        mut line: impl FnMut(usize, &[u8]) -> Result<(), FrameError>,
+    ) -> Result<u32, FrameError> {
         let limits = self.limits;
         let header = *frame.header();
         if header.record_count > limits.max_records() {
@@ -127,10 +200,10 @@ impl PayloadReader {
             });
         }
         self.check(&header)?;
-        let mut lines = Lines::new(header.record_count, header.data_type, &limits);
+        let mut lines = Lines::new(header.record_count, &limits);
         match header.codec {
             Codec::None => {
-                lines.feed(frame.body())?;
+                lines.feed(frame.body(), &mut line)?;
             }
             Codec::Deflate => {
                 // Keep room for one partial line of the largest size allowed.
@@ -141,7 +214,7 @@ impl PayloadReader {
                     frame.body(),
                     header.content_len,
                     keep,
-                    |bytes| lines.feed(bytes),
+                    |bytes| lines.feed(bytes, &mut line),
                 )?;
                 lines.unterminated(left);
             }
@@ -252,61 +325,61 @@ fn find_newline(s: &[u8]) -> Option<usize> {
     None
 }
 
-/// Parses JSON Lines into records of one data type as the bytes arrive,
-/// counting lines against the header's `record_count`.
+/// Splits JSON Lines as the bytes arrive, counting lines against the
+/// header's `record_count` and each against the per-record limit.
 struct Lines<'a> {
     declared: u32,
-    data_type: crate::record::DataType,
     limits: &'a FrameLimits,
-    records: Vec<Record>,
+    /// Lines handed on so far.
+    seen: usize,
     /// Bytes of an unterminated last line, known at the end of the payload.
     trailing: usize,
 }
 
 impl<'a> Lines<'a> {
-    fn new(declared: u32, data_type: crate::record::DataType, limits: &'a FrameLimits) -> Self {
+    fn new(declared: u32, limits: &'a FrameLimits) -> Self {
         Lines {
             declared,
-            data_type,
             limits,
-            // record_count is within the limit, checked by the caller; but a
-            // tiny frame may declare many records, so reserve for a few only
-            // and let the vector grow as records actually arrive.
-            records: Vec::with_capacity((declared as usize).min(1024)),
+            seen: 0,
             trailing: 0,
         }
     }
 
-    /// Parses every complete line in `bytes`; returns how many bytes that
-    /// used. The rest is a partial line, which must still fit the limit.
-    fn feed(&mut self, bytes: &[u8]) -> Result<usize, FrameError> {
+    /// Hands every complete line in `bytes` to `line`; returns how many
+    /// bytes that used. The rest is a partial line, which must still fit
+    /// the limit.
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        line: &mut impl FnMut(usize, &[u8]) -> Result<(), FrameError>,
+    ) -> Result<usize, FrameError> {
         let max = self.limits.max_record_bytes();
         let mut used = 0;
         while let Some(len) = find_newline(&bytes[used..]) {
-            let index = self.records.len();
+            let index = self.seen;
             if index == self.declared as usize {
                 return Err(FrameError::RecordCount {
                     declared: self.declared,
                     found: u64::from(self.declared) + 1,
                 });
             }
-            let line = &bytes[used..used + len];
-            if line.len() > max as usize {
+            let text = &bytes[used..used + len];
+            if text.len() > max as usize {
                 return Err(FrameError::RecordTooLarge {
                     index,
-                    bytes: line.len(),
+                    bytes: text.len(),
                     max,
                 });
             }
-            let record = Record::from_json(self.data_type, line)
-                .map_err(|source| FrameError::Record { index, source })?;
-            self.records.push(record);
+            line(index, text)?;
+            self.seen += 1;
             used += len + 1;
         }
         let partial = bytes.len() - used;
         if partial > max as usize {
             return Err(FrameError::RecordTooLarge {
-                index: self.records.len(),
+                index: self.seen,
                 bytes: partial,
                 max,
             });
@@ -319,15 +392,15 @@ impl<'a> Lines<'a> {
         self.trailing = bytes;
     }
 
-    fn finish(self) -> Result<Vec<Record>, FrameError> {
-        let found = self.records.len() as u64 + u64::from(self.trailing > 0);
+    fn finish(self) -> Result<u32, FrameError> {
+        let found = self.seen as u64 + u64::from(self.trailing > 0);
         if self.trailing > 0 || found != u64::from(self.declared) {
             return Err(FrameError::RecordCount {
                 declared: self.declared,
                 found,
             });
         }
-        Ok(self.records)
+        Ok(self.declared)
     }
 }
 
@@ -339,9 +412,17 @@ fn parse_records(
     data_type: crate::record::DataType,
     limits: &FrameLimits,
 ) -> Result<Vec<Record>, FrameError> {
-    let mut lines = Lines::new(record_count, data_type, limits);
-    lines.feed(payload)?;
-    lines.finish()
+    let mut lines = Lines::new(record_count, limits);
+    let mut records = Vec::new();
+    lines.feed(payload, &mut |index, line| {
+        records.push(
+            Record::from_json(data_type, line)
+                .map_err(|source| FrameError::Record { index, source })?,
+        );
+        Ok(())
+    })?;
+    lines.finish()?;
+    Ok(records)
 }
 
 #[cfg(test)]

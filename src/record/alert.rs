@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -153,6 +155,150 @@ impl Alert {
     /// [`RecordError::TimeOutOfRange`], [`RecordError::TimeOrder`] or
     /// [`RecordError::Negative`].
     pub fn validate(&self, limits: &RecordLimits) -> Result<(), RecordError> {
+        self.as_borrowed().validate(limits)
+    }
+
+    /// The borrowed view of this alert (no copy).
+    #[must_use]
+    pub fn as_borrowed(&self) -> AlertRef<'_> {
+        AlertRef {
+            alert_name: Cow::Borrowed(&self.alert_name),
+            alert_description: Cow::Borrowed(&self.alert_description),
+            base_managed_entity_id: self.base_managed_entity_id,
+            problem_id: self.problem_id,
+            is_monitor_alert: self.is_monitor_alert,
+            rule_id: self.rule_id,
+            resolution_state: self.resolution_state,
+            priority: self.priority,
+            severity: self.severity,
+            category: Cow::Borrowed(&self.category),
+            owner: self.owner.as_deref().map(Cow::Borrowed),
+            resolved_by: self.resolved_by.as_deref().map(Cow::Borrowed),
+            time_raised: self.time_raised,
+            time_added: self.time_added,
+            last_modified: self.last_modified,
+            last_modified_by: Cow::Borrowed(&self.last_modified_by),
+            last_modified_except_repeat_count: self.last_modified_except_repeat_count,
+            time_resolved: self.time_resolved,
+            time_resolution_state_last_modified: self.time_resolution_state_last_modified,
+            time_resolution_state_last_modified_in_db: self
+                .time_resolution_state_last_modified_in_db,
+            repeat_count: self.repeat_count,
+        }
+    }
+}
+
+pub use self::view::Alert as AlertRef;
+
+/// The borrowed struct, in a module of its own so that it can have the
+/// owned struct's name: serde's error messages name the struct, and the two
+/// must fail with the same text.
+mod view {
+    use super::*;
+
+    /// An [`Alert`](crate::Alert) borrowing its strings from the JSON text it was parsed from
+    /// (owning only those that had escapes). Same fields, parsing rules,
+    /// validation and errors as [`Alert`](crate::Alert).
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Alert<'a> {
+        /// `AlertName`, at most 255 characters.
+        #[serde(rename = "AlertName", borrow)]
+        pub alert_name: Cow<'a, str>,
+        /// `AlertDescription`, at most 2000 characters.
+        #[serde(rename = "AlertDescription", borrow)]
+        pub alert_description: Cow<'a, str>,
+        /// `BaseManagedEntityId`.
+        #[serde(rename = "BaseManagedEntityId", with = "crate::record::uuid_text")]
+        pub base_managed_entity_id: Uuid,
+        /// `ProblemID`.
+        #[serde(rename = "ProblemID", with = "crate::record::uuid_text")]
+        pub problem_id: Uuid,
+        /// `IsMonitorAlert`.
+        #[serde(rename = "IsMonitorAlert")]
+        pub is_monitor_alert: bool,
+        /// `RuleId`.
+        #[serde(rename = "RuleId", with = "crate::record::uuid_text")]
+        pub rule_id: Uuid,
+        /// `ResolutionState`.
+        #[serde(rename = "ResolutionState")]
+        pub resolution_state: ResolutionState,
+        /// `Priority`.
+        #[serde(rename = "Priority")]
+        pub priority: AlertPriority,
+        /// `Severity`.
+        #[serde(rename = "Severity")]
+        pub severity: AlertSeverity,
+        /// `Category`, at most 255 characters.
+        #[serde(rename = "Category", borrow)]
+        pub category: Cow<'a, str>,
+        /// `Owner`, at most 255 characters.
+        #[serde(
+            rename = "Owner",
+            default,
+            borrow,
+            deserialize_with = "crate::record::borrowed::cow_str::option"
+        )]
+        pub owner: Option<Cow<'a, str>>,
+        /// `ResolvedBy`, at most 255 characters.
+        #[serde(
+            rename = "ResolvedBy",
+            default,
+            borrow,
+            deserialize_with = "crate::record::borrowed::cow_str::option"
+        )]
+        pub resolved_by: Option<Cow<'a, str>>,
+        /// `TimeRaised`.
+        #[serde(rename = "TimeRaised", with = "crate::record::rfc3339")]
+        pub time_raised: DateTime<Utc>,
+        /// `TimeAdded`.
+        #[serde(rename = "TimeAdded", with = "crate::record::rfc3339")]
+        pub time_added: DateTime<Utc>,
+        /// `LastModified`.
+        #[serde(rename = "LastModified", with = "crate::record::rfc3339")]
+        pub last_modified: DateTime<Utc>,
+        /// `LastModifiedBy`, at most 255 characters.
+        #[serde(rename = "LastModifiedBy", borrow)]
+        pub last_modified_by: Cow<'a, str>,
+        /// `LastModifiedExceptRepeatCount`.
+        #[serde(
+            rename = "LastModifiedExceptRepeatCount",
+            with = "crate::record::rfc3339"
+        )]
+        pub last_modified_except_repeat_count: DateTime<Utc>,
+        /// `TimeResolved`: not earlier than `TimeRaised`.
+        #[serde(
+            rename = "TimeResolved",
+            default,
+            with = "crate::record::rfc3339::option"
+        )]
+        pub time_resolved: Option<DateTime<Utc>>,
+        /// `TimeResolutionStateLastModified`.
+        #[serde(
+            rename = "TimeResolutionStateLastModified",
+            with = "crate::record::rfc3339"
+        )]
+        pub time_resolution_state_last_modified: DateTime<Utc>,
+        /// `TimeResolutionStateLastModifiedInDB`.
+        #[serde(
+            rename = "TimeResolutionStateLastModifiedInDB",
+            with = "crate::record::rfc3339"
+        )]
+        pub time_resolution_state_last_modified_in_db: DateTime<Utc>,
+        /// `RepeatCount`: not negative.
+        #[serde(rename = "RepeatCount")]
+        pub repeat_count: i32,
+    }
+}
+
+impl AlertRef<'_> {
+    /// Checks the alert against the schema's limits: the one implementation
+    /// [`Alert::validate`] also runs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Alert::validate`].
+    pub fn validate(&self, limits: &RecordLimits) -> Result<(), RecordError> {
         let c = Check {
             data_type: DataType::Alert,
             limits,
@@ -196,6 +342,35 @@ impl Alert {
             });
         }
         Ok(())
+    }
+
+    /// The owned alert, copying the strings.
+    #[must_use]
+    pub fn to_owned(&self) -> Alert {
+        Alert {
+            alert_name: String::from(&*self.alert_name),
+            alert_description: String::from(&*self.alert_description),
+            base_managed_entity_id: self.base_managed_entity_id,
+            problem_id: self.problem_id,
+            is_monitor_alert: self.is_monitor_alert,
+            rule_id: self.rule_id,
+            resolution_state: self.resolution_state,
+            priority: self.priority,
+            severity: self.severity,
+            category: String::from(&*self.category),
+            owner: self.owner.as_deref().map(String::from),
+            resolved_by: self.resolved_by.as_deref().map(String::from),
+            time_raised: self.time_raised,
+            time_added: self.time_added,
+            last_modified: self.last_modified,
+            last_modified_by: String::from(&*self.last_modified_by),
+            last_modified_except_repeat_count: self.last_modified_except_repeat_count,
+            time_resolved: self.time_resolved,
+            time_resolution_state_last_modified: self.time_resolution_state_last_modified,
+            time_resolution_state_last_modified_in_db: self
+                .time_resolution_state_last_modified_in_db,
+            repeat_count: self.repeat_count,
+        }
     }
 }
 

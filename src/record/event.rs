@@ -237,22 +237,50 @@ impl Event {
     /// custom value), [`RecordError::TimeOutOfRange`],
     /// [`RecordError::TooManyFields`] or [`RecordError::CustomFieldName`].
     pub fn validate(&self, limits: &RecordLimits) -> Result<(), RecordError> {
+        EventChecks {
+            publisher_name: &self.publisher_name,
+            logging_computer: &self.logging_computer,
+            event_data: &self.event_data,
+            event_parameters: &self.event_parameters,
+            time_generated: &self.time_generated,
+            time_added: &self.time_added,
+            custom: &self.custom,
+        }
+        .run(limits)
+    }
+}
+
+/// The fields of an [`Event`] or an [`EventRef`] that validation reads:
+/// the one implementation of their validation. Generic over the parameter
+/// list, which is measured as JSON text either way.
+struct EventChecks<'r, P: Serialize + ?Sized> {
+    publisher_name: &'r str,
+    logging_computer: &'r str,
+    event_data: &'r str,
+    event_parameters: &'r P,
+    time_generated: &'r DateTime<Utc>,
+    time_added: &'r DateTime<Utc>,
+    custom: &'r CustomFields,
+}
+
+impl<P: Serialize + ?Sized> EventChecks<'_, P> {
+    fn run(&self, limits: &RecordLimits) -> Result<(), RecordError> {
         let c = Check {
             data_type: DataType::Event,
             limits,
         };
-        c.text("PublisherName", &self.publisher_name, 255)?;
-        c.text("LoggingComputer", &self.logging_computer, 255)?;
-        c.large("EventData", &self.event_data)?;
+        c.text("PublisherName", self.publisher_name, 255)?;
+        c.text("LoggingComputer", self.logging_computer, 255)?;
+        c.large("EventData", self.event_data)?;
         // Measured as JSON text: escaping can make it up to six times the
         // strings' own bytes, so no shortcut on the raw lengths is sound.
         c.size(
             Cow::Borrowed("EventParameters"),
-            json_len(&self.event_parameters),
+            json_len(self.event_parameters),
         )?;
-        c.time("TimeGenerated", &self.time_generated)?;
-        c.time("TimeAdded", &self.time_added)?;
-        let fields = Self::FIXED_FIELDS.len() + self.custom.len();
+        c.time("TimeGenerated", self.time_generated)?;
+        c.time("TimeAdded", self.time_added)?;
+        let fields = Event::FIXED_FIELDS.len() + self.custom.len();
         if fields > limits.max_event_fields() {
             return Err(RecordError::TooManyFields {
                 data_type: DataType::Event,
@@ -275,5 +303,124 @@ impl Event {
             c.size(Cow::Owned(name.to_owned()), bytes)?;
         }
         Ok(())
+    }
+}
+
+pub use self::view::Event as EventRef;
+
+/// The borrowed struct, in a module of its own so that it can have the
+/// owned struct's name: serde's error messages name the struct, and the two
+/// must fail with the same text.
+mod view {
+    use super::*;
+
+    /// An [`Event`](crate::Event) borrowing its strings from the JSON text it was parsed from
+    /// (owning only those that had escapes). Same fields, parsing rules,
+    /// validation and errors as [`Event`](crate::Event). The parameter list is a vector of
+    /// borrowed strings, and custom fields, rare, are parsed into an owned
+    /// [`CustomFields`] (a record without any allocates nothing for them).
+    #[derive(Debug, Clone, PartialEq, Deserialize)]
+    pub struct Event<'a> {
+        /// `EventId`.
+        #[serde(rename = "EventId", with = "crate::record::uuid_text")]
+        pub event_id: Uuid,
+        /// `EventOriginalID`.
+        #[serde(rename = "EventOriginalID", with = "crate::record::uuid_text")]
+        pub event_original_id: Uuid,
+        /// `BaseManagedEntityInternalId`.
+        #[serde(rename = "BaseManagedEntityInternalId")]
+        pub base_managed_entity_internal_id: i32,
+        /// `RuleId`.
+        #[serde(rename = "RuleId", with = "crate::record::uuid_text")]
+        pub rule_id: Uuid,
+        /// `PublisherId`.
+        #[serde(rename = "PublisherId", with = "crate::record::uuid_text")]
+        pub publisher_id: Uuid,
+        /// `PublisherName`, at most 255 characters.
+        #[serde(rename = "PublisherName", borrow)]
+        pub publisher_name: Cow<'a, str>,
+        /// `FullNumber`.
+        #[serde(rename = "FullNumber")]
+        pub full_number: i64,
+        /// `Number`.
+        #[serde(rename = "Number")]
+        pub number: i32,
+        /// `Category`.
+        #[serde(rename = "Category")]
+        pub category: i32,
+        /// `ChannelLevel`.
+        #[serde(rename = "ChannelLevel")]
+        pub channel_level: ChannelLevel,
+        /// `LoggingComputer`, at most 255 characters.
+        #[serde(rename = "LoggingComputer", borrow)]
+        pub logging_computer: Cow<'a, str>,
+        /// `EventData`: XML text, at most the field size limit.
+        #[serde(rename = "EventData", borrow)]
+        pub event_data: Cow<'a, str>,
+        /// `EventParameters`: their compact JSON text must fit in the field
+        /// size limit.
+        #[serde(
+            rename = "EventParameters",
+            borrow,
+            deserialize_with = "crate::record::borrowed::cow_str::list"
+        )]
+        pub event_parameters: Vec<Cow<'a, str>>,
+        /// `TimeGenerated`.
+        #[serde(rename = "TimeGenerated", with = "crate::record::rfc3339")]
+        pub time_generated: DateTime<Utc>,
+        /// `TimeAdded`.
+        #[serde(rename = "TimeAdded", with = "crate::record::rfc3339")]
+        pub time_added: DateTime<Utc>,
+        /// Custom fields.
+        #[serde(flatten)]
+        pub custom: Cow<'a, CustomFields>,
+    }
+}
+
+impl EventRef<'_> {
+    /// Checks the event against the schema's limits: the implementation
+    /// [`Event::validate`] also runs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Event::validate`].
+    pub fn validate(&self, limits: &RecordLimits) -> Result<(), RecordError> {
+        EventChecks {
+            publisher_name: &self.publisher_name,
+            logging_computer: &self.logging_computer,
+            event_data: &self.event_data,
+            event_parameters: self.event_parameters.as_slice(),
+            time_generated: &self.time_generated,
+            time_added: &self.time_added,
+            custom: &self.custom,
+        }
+        .run(limits)
+    }
+
+    /// The owned event, copying the strings.
+    #[must_use]
+    pub fn to_owned(&self) -> Event {
+        Event {
+            event_id: self.event_id,
+            event_original_id: self.event_original_id,
+            base_managed_entity_internal_id: self.base_managed_entity_internal_id,
+            rule_id: self.rule_id,
+            publisher_id: self.publisher_id,
+            publisher_name: String::from(&*self.publisher_name),
+            full_number: self.full_number,
+            number: self.number,
+            category: self.category,
+            channel_level: self.channel_level,
+            logging_computer: String::from(&*self.logging_computer),
+            event_data: String::from(&*self.event_data),
+            event_parameters: self
+                .event_parameters
+                .iter()
+                .map(|p| String::from(&**p))
+                .collect(),
+            time_generated: self.time_generated,
+            time_added: self.time_added,
+            custom: self.custom.clone().into_owned(),
+        }
     }
 }

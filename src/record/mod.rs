@@ -6,8 +6,14 @@
 //! fields and out-of-range numbers are errors); [`Record::validate`] then
 //! checks the limits the schema puts on values (string lengths, field sizes,
 //! ranges, time order).
+//!
+//! Each type has a borrowed twin (`PerformanceRef<'a>`, ..., and
+//! [`RecordRef`]) that parses the same JSON by the same rules into strings
+//! borrowed from the text, for readers that validate or forward records
+//! without keeping them; validation is written once, on the borrowed types.
 
 mod alert;
+mod borrowed;
 mod configuration;
 mod event;
 mod metadata;
@@ -23,12 +29,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use alert::{Alert, AlertPriority, AlertSeverity, ResolutionState};
-pub use configuration::Configuration;
-pub use event::{ChannelLevel, CustomFields, Event};
-pub use metadata::Metadata;
-pub use performance::Performance;
-pub use state::{HealthState, State};
+pub use alert::{Alert, AlertPriority, AlertRef, AlertSeverity, ResolutionState};
+pub use borrowed::RecordRef;
+pub use configuration::{Configuration, ConfigurationRef};
+pub use event::{ChannelLevel, CustomFields, Event, EventRef};
+pub use metadata::{Metadata, MetadataRef};
+pub use performance::{Performance, PerformanceRef};
+pub use state::{HealthState, State, StateRef};
 
 /// The kind of a record, with its number on the wire.
 ///
