@@ -1,5 +1,6 @@
 //! Load generator and benchmark of the HTTPS ingest service, end to end on
-//! loopback: agents (a minimal hyper HTTP/2 client here) → the service (a
+//! loopback: agents (the agent's `HttpsTransport`, one HTTP/2 connection
+//! each) → the service (a
 //! child process running this binary with `serve`, durable
 //! `LocalDirBlobs`, key rings in memory with usage reserved in blocks) →
 //! a local directory. Beside it, in the same run, decoding alone (the
@@ -29,6 +30,8 @@
 #[allow(dead_code)]
 #[path = "support/pki.rs"]
 mod pki;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
@@ -41,17 +44,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use opsdata::{
     BatchId, DataType, FIXED_HEADER_LEN, Frame, FrameDecoder, FrameEncoder, FrameHeader,
     FrameLimits, MemoryKeyStore, PayloadReader, Performance, Record, RecordLimits, RotationPolicy,
     Tagged, TenantBatch, TenantId, WrappingKey,
 };
+use opsdata::{Outcome, Transmit};
 use opsdata_io::{
-    IngestService, LocalDirBlobs, ServeConfig, ServiceLimits, TlsIdentity, load_certificates,
+    AsyncTransport, HttpsSettings, HttpsTransport, IngestService, LocalDirBlobs, ServeConfig,
+    ServiceLimits, TlsIdentity, load_certificates,
 };
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use uuid::Uuid;
 
 /// End-to-end benchmark of the HTTPS ingest service.
@@ -223,7 +226,7 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let proxy = rt.block_on(delaying_proxy(addr, Duration::from_millis(25)))?;
+    let proxy = rt.block_on(proxy::DelayProxy::start(addr, Duration::from_millis(25)))?;
     for s in &scenarios {
         let templates: Vec<Frame> = WORKSPACES
             .iter()
@@ -233,7 +236,7 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
         let cpu0 = cpu_seconds(pid)?;
         let started = Instant::now();
         let result = rt.block_on(run(
-            if s.proxied { proxy } else { addr },
+            if s.proxied { proxy.addr } else { addr },
             &service_ca,
             &agents,
             &templates,
@@ -356,10 +359,10 @@ fn decode_alone(frame: &Frame, for_at_least: Duration) -> f64 {
         let Ok(opsdata::Decoded::Frame(f)) = d.poll_frame() else {
             panic!("the template decodes");
         };
-        let records = reader.records(&f).expect("records");
-        for r in records.iter() {
-            r.validate(&record_limits).expect("valid");
-        }
+        // The path the service's ingest takes: borrowed records, validated.
+        reader
+            .visit_records(&f, |_, r| r.validate(&record_limits).expect("valid"))
+            .expect("records");
         n += 1;
     }
     n as f64 * f64::from(frame.header().content_len) / started.elapsed().as_secs_f64() / 1e6
@@ -380,16 +383,16 @@ async fn run(
     duration: Duration,
 ) -> Result<RunResult, Box<dyn Error>> {
     let deadline = Instant::now() + duration;
+    let limits = FrameLimits::default();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let tenant = c % agents.len();
-        let config = client_config(service_ca, &agents[tenant])?;
-        let send = connect(addr, config)
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
+        // One agent transport per connection: the agent's own HTTPS client
+        // (one HTTP/2 connection, requests multiplexed on it).
+        let transport = transport(addr, service_ca, &agents[tenant])?;
         for _ in 0..in_flight {
             let template = templates[tenant].clone();
-            let mut send = send.clone();
+            let transport = transport.clone();
             tasks.spawn(async move {
                 let mut res = RunResult {
                     frames: 0,
@@ -397,24 +400,19 @@ async fn run(
                     latencies: Vec::new(),
                 };
                 while Instant::now() < deadline {
-                    let body = restamp(&template);
-                    let req = hyper::Request::post(opsdata_io::FRAMES_PATH)
-                        .header("content-type", opsdata_io::FRAMES_CONTENT_TYPE)
-                        .body(Full::new(body))
-                        .expect("a request");
+                    let frame = Frame::decode(restamp(&template), &limits).expect("a frame");
+                    let tx = Transmit {
+                        tenant: frame.tenant(),
+                        batch_id: frame.batch_id(),
+                        attempt: 1,
+                        frame,
+                    };
                     let t = Instant::now();
-                    let ok = async {
-                        send.ready().await.ok()?;
-                        let r = send.send_request(req).await.ok()?;
-                        let status = r.status();
-                        let body = r.into_body().collect().await.ok()?.to_bytes();
-                        (status == 200 && body.get(5) == Some(&0)).then_some(())
-                    }
-                    .await;
+                    let outcome = transport.send(&tx).await;
                     res.latencies.push(t.elapsed());
-                    match ok {
-                        Some(()) => res.frames += 1,
-                        None => res.errors += 1,
+                    match outcome {
+                        Outcome::Delivered => res.frames += 1,
+                        _ => res.errors += 1,
                     }
                 }
                 res
@@ -435,96 +433,17 @@ async fn run(
     Ok(all)
 }
 
-fn client_config(
-    ca: &pki::Ca,
+/// The agent's HTTPS transport for `agent`'s certificate, trusting the
+/// service's CA, HTTP/2 offered first.
+fn transport(
+    addr: SocketAddr,
+    service_ca: &pki::Ca,
     agent: &pki::Issued,
-) -> Result<Arc<rustls::ClientConfig>, Box<dyn Error>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone())?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
+) -> Result<HttpsTransport, Box<dyn Error>> {
+    let settings = HttpsSettings::new(addr, "localhost", vec![service_ca.der.clone()])?;
+    let identity = TlsIdentity::new(
         vec![agent.der.clone()],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(agent.key_der.clone())),
     )?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-async fn connect(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Box<dyn Error + Send + Sync>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-/// A TCP proxy on loopback that delays every chunk by `one_way` in each
-/// direction (so a round trip takes twice that), keeping order; returns
-/// its address.
-async fn delaying_proxy(
-    upstream: SocketAddr,
-    one_way: Duration,
-) -> Result<SocketAddr, Box<dyn Error>> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = down.set_nodelay(true);
-                let _ = up.set_nodelay(true);
-                let (dr, dw) = down.into_split();
-                let (ur, uw) = up.into_split();
-                tokio::spawn(pump(dr, uw, one_way));
-                tokio::spawn(pump(ur, dw, one_way));
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// Copies `from` to `to`, each chunk written `delay` after it was read.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(at).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = to.shutdown().await;
-    });
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let at = tokio::time::Instant::now() + delay;
-                if tx.send((at, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
+    Ok(HttpsTransport::new(settings, Arc::new(identity)))
 }
