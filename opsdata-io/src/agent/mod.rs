@@ -19,7 +19,7 @@
 //! | answer | outcome of each frame of the request |
 //! |---|---|
 //! | 200 | its acknowledgement's outcome (acks come in frame order, each naming its batch); a frame without an ack, or whose ack names another batch: `Transient` |
-//! | 400 | its acknowledgement's outcome if it has one, else `Rejected` (the bytes were not frames: resending them cannot help) |
+//! | 400 | its acknowledgement's outcome if it has one; the frame at the bad bytes (the last acknowledgement, all zero when its header was unreadable) `Rejected`: resending it cannot help; the frames after it were not read: `Transient` |
 //! | 413 | `Rejected` (over the service's limits: resending cannot help) |
 //! | 429 | `Throttled` for the `Retry-After` (delta-seconds or HTTP-date; absent or unreadable: one second) |
 //! | 503, any other status | `Transient` |

@@ -663,10 +663,17 @@ fn map_answer(
             .enumerate()
             .map(|(i, f)| acked(i, f).unwrap_or(Outcome::Transient))
             .collect(),
+        // WIRE.md: one ack per frame read before the bad bytes, then one
+        // (rejected) for the frame at them, all zero if its header did
+        // not pass; the frames after it were not read: sent again.
         StatusCode::BAD_REQUEST => frames
             .iter()
             .enumerate()
-            .map(|(i, f)| acked(i, f).unwrap_or(Outcome::Rejected))
+            .map(|(i, f)| match acked(i, f) {
+                Some(outcome) => outcome,
+                None if i + 1 == acks.len() && acks[i].batch_id.is_none() => Outcome::Rejected,
+                None => Outcome::Transient,
+            })
             .collect(),
         StatusCode::PAYLOAD_TOO_LARGE => vec![Outcome::Rejected; frames.len()],
         StatusCode::TOO_MANY_REQUESTS => {
@@ -716,9 +723,28 @@ mod tests {
             map_answer(StatusCode::OK, None, &acks, &frames, now),
             [Delivered, Transient, Transient]
         );
+        // 400: the frame at the bad bytes is rejected (by its id, or by
+        // its place when its header was unreadable); the frames after it
+        // were not read, so they are sent again.
+        let bad = [ack(&frames[0], Delivered), ack(&frames[1], Rejected)];
+        assert_eq!(
+            map_answer(StatusCode::BAD_REQUEST, None, &bad, &frames, now),
+            [Delivered, Rejected, Transient]
+        );
+        let unreadable = [
+            ack(&frames[0], Delivered),
+            Ack {
+                batch_id: None,
+                outcome: Rejected,
+            },
+        ];
+        assert_eq!(
+            map_answer(StatusCode::BAD_REQUEST, None, &unreadable, &frames, now),
+            [Delivered, Rejected, Transient]
+        );
         assert_eq!(
             map_answer(StatusCode::BAD_REQUEST, None, &acks[..1], &frames, now),
-            [Delivered, Rejected, Rejected]
+            [Delivered, Transient, Transient]
         );
         assert_eq!(
             map_answer(StatusCode::PAYLOAD_TOO_LARGE, None, &[], &frames, now),

@@ -379,6 +379,30 @@ async fn respond(
         }
     }
     let status = if report.stopped.is_some() {
+        // WIRE.md: after the acks of the frames read, one rejected ack for
+        // the frame at the bad bytes (its batch id if its header passes).
+        let mut at = 0usize;
+        for _ in &report.answers {
+            let head: Option<&[u8; FIXED_HEADER_LEN]> = body
+                .get(at..at + FIXED_HEADER_LEN)
+                .and_then(|h| h.try_into().ok());
+            match head.map(FrameHeader::parse) {
+                Some(Ok(h)) => at += h.frame_len(),
+                _ => break,
+            }
+        }
+        let bad = body
+            .get(at..at + FIXED_HEADER_LEN)
+            .and_then(|h| <&[u8; FIXED_HEADER_LEN]>::try_from(h).ok())
+            .and_then(|h| FrameHeader::parse(h).ok())
+            .map(|h| h.batch_id);
+        acks.extend_from_slice(
+            &Ack {
+                batch_id: bad,
+                outcome: Outcome::Rejected,
+            }
+            .encode(),
+        );
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
