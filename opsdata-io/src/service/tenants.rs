@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use opsdata::{
-    BatchId, Entropy, Ingest, IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore,
-    RotationPolicy, TenantId, WrappingKey, load_ring, save_ring,
+    BatchId, CasError, Entropy, Ingest, IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore,
+    RingVersion, RotationPolicy, TenantId, VersionedRing, WrappingKey, load_ring, save_ring,
 };
 
 /// How often a tenant's ring is checked against the rotation policy.
@@ -50,6 +50,33 @@ impl<S: KeyStore> KeyStore for Erased<S> {
 
     fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, KeyStoreError> {
         self.0.get(tenant).map_err(|e| KeyStoreError(Box::new(e)))
+    }
+
+    fn get_versioned(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<VersionedRing>, CasError<KeyStoreError>> {
+        self.0.get_versioned(tenant).map_err(erase_cas)
+    }
+
+    fn put_if(
+        &mut self,
+        tenant: TenantId,
+        sealed: &[u8],
+        expected: Option<&RingVersion>,
+    ) -> Result<RingVersion, CasError<KeyStoreError>> {
+        self.0.put_if(tenant, sealed, expected).map_err(erase_cas)
+    }
+}
+
+fn erase_cas<E: std::error::Error + Send + Sync + 'static>(
+    e: CasError<E>,
+) -> CasError<KeyStoreError> {
+    match e {
+        CasError::Store(e) => CasError::Store(KeyStoreError(Box::new(e))),
+        CasError::Conflict => CasError::Conflict,
+        // `Unsupported`, and whatever a later core adds.
+        _ => CasError::Unsupported,
     }
 }
 
