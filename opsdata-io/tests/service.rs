@@ -955,3 +955,58 @@ async fn two_nodes_over_one_local_directory_store_a_batch_once() {
     assert_eq!(files, 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two nodes provisioning one new tenant at once end with ONE ring: the
+/// second node read "no ring" before the first wrote its own, so it
+/// provisions one too, but its create-if-absent write loses and it takes
+/// the winner's ring. Every stored object opens with the stored ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_provisioning_one_tenant_end_with_one_ring() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let shared = Arc::new(opsdata_io::MemoryBlobs::new());
+    let node = || TestStore {
+        inner: shared.clone(),
+        ..TestStore::default()
+    };
+    let one = build(node(), &clock, limits(), keys.clone());
+    let two = build(node(), &clock, limits(), keys.clone());
+    let (r1, r2) = (start(&one, &pki).await, start(&two, &pki).await);
+    let a = tenant(WS_A);
+    let agent = pki.agent(WS_A);
+    let (f1, f2) = (frame(a, 2), frame(a, 3));
+    let acks1 = post_frames(r1.addr, &pki, &agent, std::slice::from_ref(&f1)).await;
+    assert_eq!(acks1[0].outcome, Outcome::Delivered);
+    let ring_after_one = keys.0.lock().unwrap().get(a).unwrap().unwrap();
+    // The second node's first read misses the ring just written.
+    keys.2.store(true, Ordering::SeqCst);
+    let acks2 = post_frames(r2.addr, &pki, &agent, std::slice::from_ref(&f2)).await;
+    assert_eq!(acks2[0].outcome, Outcome::Delivered);
+    assert!(
+        !keys.2.load(Ordering::SeqCst),
+        "the second node read the ring"
+    );
+    let ring = opsdata::load_ring(&*keys.0.lock().unwrap(), a, &wrapping_key())
+        .unwrap()
+        .expect("a ring");
+    let first = KeyRing::from_sealed(&ring_after_one, a, &wrapping_key()).unwrap();
+    for f in [&f1, &f2] {
+        let stored = shared
+            .get(a, ObjectKey::for_batch(f.batch_id()))
+            .await
+            .unwrap()
+            .expect("stored");
+        let sealed = opsdata::Frame::decode(stored, &Default::default()).unwrap();
+        assert_eq!(
+            opsdata::open(&sealed, &ring).unwrap().batch_id(),
+            f.batch_id()
+        );
+        assert_eq!(
+            opsdata::open(&sealed, &first).unwrap().batch_id(),
+            f.batch_id()
+        );
+    }
+    r1.shutdown().await;
+    r2.shutdown().await;
+}

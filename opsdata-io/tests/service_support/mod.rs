@@ -170,11 +170,13 @@ pub fn acks(body: &[u8]) -> Vec<Ack> {
 }
 
 /// A key store shared between services (a restart keeps it), counting
-/// writes.
+/// writes; when the flag is set, the next `get` answers nothing (a node
+/// that read before another node's ring was written).
 #[derive(Clone, Default)]
 pub struct SharedKeys(
     pub Arc<std::sync::Mutex<MemoryKeyStore>>,
     pub Arc<AtomicUsize>,
+    pub Arc<AtomicBool>,
 );
 
 impl KeyStore for SharedKeys {
@@ -186,6 +188,9 @@ impl KeyStore for SharedKeys {
     }
 
     fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, Self::Error> {
+        if self.2.swap(false, Ordering::SeqCst) {
+            return Ok(None);
+        }
         self.0.lock().unwrap().get(tenant)
     }
 
