@@ -154,10 +154,11 @@ pub use keys::{
     CredentialPolicy, RenewalWindow, RetiredCredential,
 };
 pub use keys::{
-    Applied, DeterministicEntropy, Entropy, EntropyUnavailable, FramePeek, KeyAction, KeyCensus,
-    KeyError, KeyId, KeyInfo, KeyMaterial, KeyRing, KeyStatus, KeyStore, MemoryKeyStore,
-    Reservation, RotationPolicy, RotationReason, SUITE_AES_256_GCM, SealPart, ShredReceipt,
-    SystemEntropy, WrappingKey, load_ring, open, peek, rewrap, save_ring, seal,
+    Applied, CasError, DeterministicEntropy, Entropy, EntropyUnavailable, FramePeek, KeyAction,
+    KeyCensus, KeyError, KeyId, KeyInfo, KeyMaterial, KeyRing, KeyStatus, KeyStore, MemoryKeyStore,
+    Reservation, RingVersion, RotationPolicy, RotationReason, SUITE_AES_256_GCM, SealPart,
+    ShredReceipt, SystemEntropy, VersionedRing, WrappingKey, load_ring, open, peek, rewrap,
+    save_ring, seal,
 };
 pub use record::{
     Alert, AlertPriority, AlertRef, AlertSeverity, ChannelLevel, Configuration, ConfigurationRef,

@@ -71,6 +71,7 @@ mod agent;
 mod blobs;
 mod clock;
 mod identity;
+mod ringstore;
 mod service;
 mod spool;
 mod wire;
@@ -81,9 +82,12 @@ pub use agent::{
 };
 #[cfg(feature = "azure")]
 pub use blobs::AzureBlobConfig;
-pub use blobs::{AsyncBlobStore, BlobError, BlobOp, LocalDirBlobs, MemoryBlobs, ObjectStoreBlobs};
+pub use blobs::{
+    AsyncBlobStore, BlobError, BlobOp, LocalDirBlobs, MemoryBlobs, ObjectStoreBlobs, PutOutcome,
+};
 pub use clock::{Clock, system_clock};
 pub use identity::{Timeouts, TlsError, TlsIdentity, load_certificates};
+pub use ringstore::{AsyncKeyStore, ObjectStoreKeyStore, RingStoreError};
 pub use service::{
     ClientAuth, IngestService, PeerCertificates, ServeConfig, ServeError, ServiceBuilder,
     ServiceLimits, serve, serve_app,

@@ -17,7 +17,11 @@ use opsdata::{
     Performance, Principal, Record, RotationPolicy, Tagged, TenantBatch, TenantId, WorkspaceKeys,
     apply_store_op, read_back, sign_data_collector, verify_data_collector,
 };
-use opsdata_io::{AsyncBlobStore, BlobError, BlobOp, LocalDirBlobs, ObjectStoreBlobs};
+use opsdata::{CasError, KeyMaterial, RingVersion, WrappingKey};
+use opsdata_io::{
+    AsyncBlobStore, AsyncKeyStore, BlobError, BlobOp, LocalDirBlobs, ObjectStoreBlobs,
+    ObjectStoreKeyStore, PutOutcome, RingStoreError,
+};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------- fixtures
@@ -38,13 +42,17 @@ fn key(n: u128) -> ObjectKey {
     ObjectKey::for_batch(batch(n))
 }
 fn frame(t: TenantId, n: u128) -> Frame {
+    frame_valued(t, n, 12.5)
+}
+/// Frame `n` of `t` with another sample value: the same batch, other bytes.
+fn frame_valued(t: TenantId, n: u128, sample_value: f64) -> Frame {
     let record = Record::from(Performance {
         object_name: "Processor".into(),
         counter_name: "% Processor Time".into(),
         perfmon_instance_name: "_Total".into(),
         performance_data_id: Uuid::from_u128(n),
         performance_source_internal_id: 7,
-        sample_value: 12.5,
+        sample_value,
         time_sampled: t0(),
         time_added: t0(),
     });
@@ -160,6 +168,19 @@ impl Blocking {
     }
 }
 
+impl Blocking {
+    /// The async put's own answer.
+    fn create(
+        &self,
+        tenant: TenantId,
+        object: ObjectKey,
+        frame: &Frame,
+    ) -> Result<PutOutcome, BlobError> {
+        self.rt
+            .block_on(AsyncBlobStore::put(&self.s, tenant, object, frame))
+    }
+}
+
 impl std::ops::Deref for Blocking {
     type Target = ObjectStoreBlobs;
     fn deref(&self) -> &ObjectStoreBlobs {
@@ -170,8 +191,7 @@ impl std::ops::Deref for Blocking {
 impl BlobStore for Blocking {
     type Error = BlobError;
     fn put(&mut self, tenant: TenantId, object: ObjectKey, frame: &Frame) -> Result<(), BlobError> {
-        self.rt
-            .block_on(AsyncBlobStore::put(&self.s, tenant, object, frame))
+        self.create(tenant, object, frame).map(|_| ())
     }
     fn get(&self, tenant: TenantId, object: ObjectKey) -> Result<Option<Bytes>, BlobError> {
         self.rt
@@ -207,8 +227,8 @@ fn round_trip(mut s: Blocking) {
 
     let f1 = frame(a(), 1);
     let f2 = frame(a(), 2);
-    s.put(a(), key(2), &f2).unwrap();
-    s.put(a(), key(1), &f1).unwrap();
+    assert_eq!(s.create(a(), key(2), &f2).unwrap(), PutOutcome::Created);
+    assert_eq!(s.create(a(), key(1), &f1).unwrap(), PutOutcome::Created);
     assert_eq!(s.get(a(), key(1)).unwrap().as_ref(), Some(f1.as_bytes()));
     assert_eq!(s.get(a(), key(2)).unwrap().as_ref(), Some(f2.as_bytes()));
     assert_eq!(s.list(a()).unwrap(), vec![key(1), key(2)]);
@@ -219,9 +239,23 @@ fn round_trip(mut s: Blocking) {
         expected.trim_start_matches('/')
     );
 
-    // Put again replaces (idempotent for the same frame).
-    s.put(a(), key(1), &f1).unwrap();
+    // Put again: create if absent (`PutMode::Create`); the stored object
+    // stays, whatever the new bytes.
+    assert_eq!(
+        s.create(a(), key(1), &f1).unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    let other = frame_valued(a(), 1, 99.0);
+    assert_ne!(other.as_bytes(), f1.as_bytes());
+    assert_eq!(
+        s.create(a(), key(1), &other).unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(s.get(a(), key(1)).unwrap().as_ref(), Some(f1.as_bytes()));
     assert_eq!(s.list(a()).unwrap(), vec![key(1), key(2)]);
+    // Deleted, the name can be created again.
+    s.delete(a(), key(2)).unwrap();
+    assert_eq!(s.create(a(), key(2), &f2).unwrap(), PutOutcome::Created);
 
     s.delete(a(), key(1)).unwrap();
     assert_eq!(s.get(a(), key(1)).unwrap(), None);
@@ -435,7 +469,10 @@ fn concurrent_inside_a_multi_thread_runtime(s: ObjectStoreBlobs) {
         for n in 80..96 {
             let s = Arc::clone(&s);
             tasks.spawn(async move {
-                s.put(a(), key(n), &frame(a(), n)).await.unwrap();
+                assert_eq!(
+                    s.put(a(), key(n), &frame(a(), n)).await.unwrap(),
+                    PutOutcome::Created
+                );
                 assert_eq!(
                     s.get(a(), key(n)).await.unwrap().unwrap(),
                     frame(a(), n).into_bytes()
@@ -460,7 +497,42 @@ fn concurrent_inside_a_multi_thread_runtime(s: ObjectStoreBlobs) {
             s.delete(a(), key(n)).await.unwrap();
         }
         assert!(s.list(a()).await.unwrap().is_empty());
+        // Racing puts of one name, each with other bytes: exactly one
+        // creates, and its bytes are what is stored.
+        assert_eq!(racing_puts(&s, &s).await, 1);
+        s.delete(a(), key(79)).await.unwrap();
     });
+}
+
+/// Eight puts of batch 79 at once, half through `one`, half through `two`
+/// (two stores over the same objects, as two nodes), each frame with other
+/// bytes: checks that exactly one answered `Created` and that its frame is
+/// the one stored; returns how many created.
+async fn racing_puts<S: AsyncBlobStore<Error = BlobError>>(one: &Arc<S>, two: &Arc<S>) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8u32 {
+        let s = Arc::clone(if i % 2 == 0 { one } else { two });
+        tasks.spawn(async move {
+            let f = frame_valued(a(), 79, f64::from(i));
+            let outcome = s.put(a(), key(79), &f).await.unwrap();
+            (outcome, f)
+        });
+    }
+    let mut created = Vec::new();
+    while let Some(t) = tasks.join_next().await {
+        let (outcome, f) = t.unwrap();
+        match outcome {
+            PutOutcome::Created => created.push(f),
+            PutOutcome::AlreadyExists => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one put creates");
+    assert_eq!(
+        one.get(a(), key(79)).await.unwrap().unwrap(),
+        created[0].as_bytes().clone()
+    );
+    created.len()
 }
 
 fn with_small_limits_large_objects_are_not_read(s: ObjectStoreBlobs, raw: &Raw, root: &str) {
@@ -562,7 +634,12 @@ fn local_dir_blobs_store_durably_and_check_the_tenant() {
         let mut tasks = tokio::task::JoinSet::new();
         for n in 1..=20 {
             let s = Arc::clone(&s);
-            tasks.spawn(async move { s.put(a(), key(n), &frame(a(), n)).await.unwrap() });
+            tasks.spawn(async move {
+                assert_eq!(
+                    s.put(a(), key(n), &frame(a(), n)).await.unwrap(),
+                    PutOutcome::Created
+                );
+            });
         }
         while let Some(t) = tasks.join_next().await {
             t.unwrap();
@@ -578,6 +655,17 @@ fn local_dir_blobs_store_durably_and_check_the_tenant() {
             frame(a(), 3).as_bytes().to_vec()
         );
         assert_eq!(s.object_path(a(), key(3)), file);
+        // Create if absent: a second put of a name leaves the stored file.
+        assert_eq!(
+            s.put(a(), key(3), &frame_valued(a(), 3, 99.0))
+                .await
+                .unwrap(),
+            PutOutcome::AlreadyExists
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            frame(a(), 3).as_bytes().to_vec()
+        );
         // Only the objects: no temporary file left.
         let names = std::fs::read_dir(dir.0.join(format!("blobs/{}", a())))
             .unwrap()
@@ -607,6 +695,16 @@ fn local_dir_blobs_store_durably_and_check_the_tenant() {
         }
         s.delete(a(), key(99)).await.unwrap();
         assert!(s.list(a()).await.unwrap().is_empty());
+        // Two stores on one directory (two processes): racing puts of one
+        // name create it once; no temporary file is left.
+        let other = Arc::new(LocalDirBlobs::new(dir.0.join("blobs")).unwrap());
+        assert_eq!(racing_puts(&s, &other).await, 1);
+        let names = std::fs::read_dir(dir.0.join(format!("blobs/{}", a())))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|n| n != ".x.tmp")
+            .collect::<Vec<_>>();
+        assert_eq!(names, vec![batch(79).to_string()]);
     });
 }
 
@@ -626,6 +724,120 @@ fn invalid_root_is_a_typed_error() {
         .with_root("/a/b/")
         .unwrap();
     assert_eq!(s.root().as_ref(), "a/b");
+}
+
+// ------------------------------------------------- the shared key store
+
+/// The shared key store's compare-and-swap on a real store: create if
+/// absent, update from the version read, stale and racing writers lose and
+/// write nothing, another tenant's ring and strange tokens are refused.
+async fn check_key_store(s: &ObjectStoreKeyStore) {
+    let wrapping = WrappingKey::new(1, KeyMaterial::from_bytes([7; 32]));
+    let mut e = DeterministicEntropy::from_u64(9);
+    let mut sealed = |seed| ring(a(), seed).to_sealed(&wrapping, &mut e).unwrap();
+    let (one, two, three) = (sealed(1), sealed(2), sealed(3));
+    assert!(s.get_versioned(a()).await.unwrap().is_none());
+
+    // Create if absent: of two creators, one wins.
+    let v1 = s.put_if(a(), &one, None).await.unwrap();
+    assert!(matches!(
+        s.put_if(a(), &two, None).await,
+        Err(CasError::Conflict)
+    ));
+    let (bytes, v) = s.get_versioned(a()).await.unwrap().unwrap();
+    assert_eq!((&bytes, &v), (&one, &v1));
+    assert!(KeyRing::from_sealed(&bytes, a(), &wrapping).is_ok());
+
+    // Update from the version read; a writer still holding v1 loses.
+    let v2 = s.put_if(a(), &two, Some(&v1)).await.unwrap();
+    assert_ne!(v1, v2);
+    assert!(matches!(
+        s.put_if(a(), &three, Some(&v1)).await,
+        Err(CasError::Conflict)
+    ));
+    assert_eq!(
+        s.get_versioned(a()).await.unwrap().unwrap(),
+        (two.clone(), v2.clone())
+    );
+
+    // Three writers at once from v2: exactly one wins, its version is the
+    // stored one.
+    let (x, y, z) = tokio::join!(
+        s.put_if(a(), &one, Some(&v2)),
+        s.put_if(a(), &three, Some(&v2)),
+        s.put_if(a(), &one, Some(&v2)),
+    );
+    let results = [&x, &y, &z];
+    for r in results {
+        assert!(r.is_ok() || matches!(r, Err(CasError::Conflict)), "{r:?}");
+    }
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1);
+    let (_, v3) = s.get_versioned(a()).await.unwrap().unwrap();
+    assert_eq!(&v3, won[0]);
+
+    // Refused before writing: another tenant's ring, a token not ours.
+    assert!(matches!(
+        s.put_if(b(), &one, None).await,
+        Err(CasError::Store(RingStoreError::WrongTenant { .. }))
+    ));
+    assert!(s.get_versioned(b()).await.unwrap().is_none());
+    assert!(matches!(
+        s.put_if(a(), &two, Some(&RingVersion::new("not ours")))
+            .await,
+        Err(CasError::Store(RingStoreError::BadVersion))
+    ));
+    assert_eq!(s.get_versioned(a()).await.unwrap().unwrap().1, v3);
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn object_store_key_store_compare_and_swap_in_memory() {
+    let rt = current_thread();
+    let store = Arc::new(object_store::memory::InMemory::new());
+    let s = ObjectStoreKeyStore::new(store.clone());
+    assert_eq!(s.ring_path(a()).as_ref(), format!("keyrings/{}", a()));
+    rt.block_on(check_key_store(&s));
+    let s = ObjectStoreKeyStore::new(store)
+        .with_root("ops/keys")
+        .unwrap();
+    rt.block_on(check_key_store(&s));
+    assert!(matches!(
+        ObjectStoreKeyStore::new(Arc::new(object_store::memory::InMemory::new())).with_root("a//b"),
+        Err(RingStoreError::InvalidRoot { .. })
+    ));
+}
+
+/// `object_store`'s local filesystem creates if absent but cannot update
+/// conditionally: the key store says so, and writes nothing.
+#[test]
+fn object_store_key_store_on_the_local_filesystem_cannot_update() {
+    let dir = TempDir::new("keyrings");
+    let rt = current_thread();
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir.0).unwrap();
+    let s = ObjectStoreKeyStore::new(Arc::new(fs));
+    let wrapping = WrappingKey::new(1, KeyMaterial::from_bytes([7; 32]));
+    let mut e = DeterministicEntropy::from_u64(9);
+    let one = ring(a(), 1).to_sealed(&wrapping, &mut e).unwrap();
+    let two = ring(a(), 2).to_sealed(&wrapping, &mut e).unwrap();
+    rt.block_on(async {
+        let v1 = s.put_if(a(), &one, None).await.unwrap();
+        assert!(matches!(
+            s.put_if(a(), &two, None).await,
+            Err(CasError::Conflict)
+        ));
+        assert!(matches!(
+            s.put_if(a(), &two, Some(&v1)).await,
+            Err(CasError::Unsupported)
+        ));
+        assert_eq!(s.get_versioned(a()).await.unwrap().unwrap().0, one);
+    });
 }
 
 /// Azure: the config's Debug, and the whole behaviour against Azurite.
@@ -914,6 +1126,17 @@ mod azure {
             "ops/frames",
         );
         check_behaviour(&|| ObjectStoreBlobs::azure(&config).unwrap(), &raw, "");
+        // The shared key store's conditional writes on Azure's ETags.
+        let rt = current_thread();
+        rt.block_on(check_key_store(
+            &ObjectStoreKeyStore::azure(&config).unwrap(),
+        ));
+        rt.block_on(check_key_store(
+            &ObjectStoreKeyStore::azure(&config)
+                .unwrap()
+                .with_root("ops/keys")
+                .unwrap(),
+        ));
         eprintln!("azurite_backend done in {:.1?}", started.elapsed());
     }
 }

@@ -841,3 +841,172 @@ async fn regression_a_panic_while_preparing_leaves_no_batch_in_flight() {
     assert_eq!(svc.stats(a).duplicates, 0);
     run.shutdown().await;
 }
+
+// ------------------------------------------- several nodes, one store
+
+/// Posts `frames` to the service at `addr` as `agent`; the acks.
+async fn post_frames(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    agent: &pki::Issued,
+    frames: &[opsdata::Frame],
+) -> Vec<opsdata_io::Ack> {
+    let mut c = Client::connect(addr, pki.client(Some(agent), b"h2"))
+        .await
+        .unwrap();
+    let r = c.post(body(frames)).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    acks(&r.body)
+}
+
+/// Two nodes (two services) over one blob store and one key store: a batch
+/// sent to both is stored once, both answer it delivered, the second as a
+/// duplicate; then the same for a batch sent to both at once, and for a
+/// batch an earlier try already stored (`docs/BLOBS.md`).
+async fn two_nodes_store_each_batch_once<B: AsyncBlobStore>(one: B, two: B) {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let one = build_over(one, &clock, limits(), keys.clone());
+    let two = build_over(two, &clock, limits(), keys.clone());
+    let (r1, r2) = (start(&one, &pki).await, start(&two, &pki).await);
+    let a = tenant(WS_A);
+    let agent = pki.agent(WS_A);
+
+    // One after the other: the second node does not remember the batch.
+    let f = frame(a, 4);
+    let name = ObjectKey::for_batch(f.batch_id());
+    let acks1 = post_frames(r1.addr, &pki, &agent, std::slice::from_ref(&f)).await;
+    assert_eq!(acks1.len(), 1);
+    assert_eq!(acks1[0].outcome, Outcome::Delivered);
+    let stored = one.store().get(a, name).await.unwrap().expect("stored");
+    let acks2 = post_frames(r2.addr, &pki, &agent, std::slice::from_ref(&f)).await;
+    assert_eq!(acks2.len(), 1);
+    assert_eq!(acks2[0].batch_id, Some(f.batch_id()));
+    assert_eq!(acks2[0].outcome, Outcome::Delivered);
+    // One object, still the first node's seal, and it opens with the
+    // shared ring.
+    assert_eq!(one.store().list(a).await.unwrap(), vec![name]);
+    assert_eq!(
+        two.store().get(a, name).await.unwrap(),
+        Some(stored.clone())
+    );
+    let ring = opsdata::load_ring(&*keys.0.lock().unwrap(), a, &wrapping_key())
+        .unwrap()
+        .expect("a ring");
+    let sealed = opsdata::Frame::decode(stored, &Default::default()).unwrap();
+    let opened = opsdata::open(&sealed, &ring).unwrap();
+    assert_eq!(opened.batch_id(), f.batch_id());
+    let (m1, m2) = (one.metrics_text(), two.metrics_text());
+    assert_eq!(metric(&m1, "opsdata_frames_stored_total"), 1.0);
+    assert_eq!(metric(&m1, "opsdata_frames_duplicate_total"), 0.0);
+    assert_eq!(metric(&m2, "opsdata_frames_stored_total"), 0.0);
+    assert_eq!(metric(&m2, "opsdata_frames_duplicate_total"), 1.0);
+    assert_eq!(metric(&m2, "opsdata_seals_total"), 1.0);
+
+    // At once, on both nodes: exactly one stores, both answer delivered.
+    let g = frame(a, 3);
+    let (x, y) = tokio::join!(
+        post_frames(r1.addr, &pki, &agent, std::slice::from_ref(&g)),
+        post_frames(r2.addr, &pki, &agent, std::slice::from_ref(&g)),
+    );
+    for acks in [&x, &y] {
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].outcome, Outcome::Delivered);
+    }
+    let mut names = vec![name, ObjectKey::for_batch(g.batch_id())];
+    names.sort_unstable();
+    assert_eq!(one.store().list(a).await.unwrap(), names);
+    let (m1, m2) = (one.metrics_text(), two.metrics_text());
+    let stored_total =
+        metric(&m1, "opsdata_frames_stored_total") + metric(&m2, "opsdata_frames_stored_total");
+    let duplicates = metric(&m1, "opsdata_frames_duplicate_total")
+        + metric(&m2, "opsdata_frames_duplicate_total");
+    assert_eq!((stored_total, duplicates), (2.0, 2.0));
+
+    r1.shutdown().await;
+    r2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_one_memory_store_store_a_batch_once() {
+    let shared = Arc::new(opsdata_io::MemoryBlobs::new());
+    let node = || TestStore {
+        inner: shared.clone(),
+        ..TestStore::default()
+    };
+    two_nodes_store_each_batch_once(node(), node()).await;
+    assert_eq!(shared.count(tenant(WS_A)), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_one_local_directory_store_a_batch_once() {
+    let dir = std::env::temp_dir().join(format!(
+        "opsdata-io-two-nodes-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    // Two stores on one directory, as two processes would have.
+    let one = opsdata_io::LocalDirBlobs::new(&dir).unwrap();
+    let two = opsdata_io::LocalDirBlobs::new(&dir).unwrap();
+    two_nodes_store_each_batch_once(one, two).await;
+    // No temporary file left behind; exactly the two objects.
+    let files = std::fs::read_dir(dir.join(WS_A)).unwrap().count();
+    assert_eq!(files, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two nodes provisioning one new tenant at once end with ONE ring: the
+/// second node read "no ring" before the first wrote its own, so it
+/// provisions one too, but its create-if-absent write loses and it takes
+/// the winner's ring. Every stored object opens with the stored ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_provisioning_one_tenant_end_with_one_ring() {
+    let pki = Pki::new();
+    let clock = FakeClock::new(pki.now);
+    let keys = SharedKeys::default();
+    let shared = Arc::new(opsdata_io::MemoryBlobs::new());
+    let node = || TestStore {
+        inner: shared.clone(),
+        ..TestStore::default()
+    };
+    let one = build(node(), &clock, limits(), keys.clone());
+    let two = build(node(), &clock, limits(), keys.clone());
+    let (r1, r2) = (start(&one, &pki).await, start(&two, &pki).await);
+    let a = tenant(WS_A);
+    let agent = pki.agent(WS_A);
+    let (f1, f2) = (frame(a, 2), frame(a, 3));
+    let acks1 = post_frames(r1.addr, &pki, &agent, std::slice::from_ref(&f1)).await;
+    assert_eq!(acks1[0].outcome, Outcome::Delivered);
+    let ring_after_one = keys.0.lock().unwrap().get(a).unwrap().unwrap();
+    // The second node's first read misses the ring just written.
+    keys.2.store(true, Ordering::SeqCst);
+    let acks2 = post_frames(r2.addr, &pki, &agent, std::slice::from_ref(&f2)).await;
+    assert_eq!(acks2[0].outcome, Outcome::Delivered);
+    assert!(
+        !keys.2.load(Ordering::SeqCst),
+        "the second node read the ring"
+    );
+    let ring = opsdata::load_ring(&*keys.0.lock().unwrap(), a, &wrapping_key())
+        .unwrap()
+        .expect("a ring");
+    let first = KeyRing::from_sealed(&ring_after_one, a, &wrapping_key()).unwrap();
+    for f in [&f1, &f2] {
+        let stored = shared
+            .get(a, ObjectKey::for_batch(f.batch_id()))
+            .await
+            .unwrap()
+            .expect("stored");
+        let sealed = opsdata::Frame::decode(stored, &Default::default()).unwrap();
+        assert_eq!(
+            opsdata::open(&sealed, &ring).unwrap().batch_id(),
+            f.batch_id()
+        );
+        assert_eq!(
+            opsdata::open(&sealed, &first).unwrap().batch_id(),
+            f.batch_id()
+        );
+    }
+    r1.shutdown().await;
+    r2.shutdown().await;
+}

@@ -33,7 +33,10 @@ pub use keyring::{KeyInfo, KeyRing, Reservation, ShredReceipt};
 pub use material::KeyMaterial;
 pub use rotation::{Applied, KeyAction, KeyCensus, RotationPolicy, RotationReason};
 pub use seal::{FramePeek, SUITE_AES_256_GCM, open, peek, rewrap, seal};
-pub use store::{KeyStore, MemoryKeyStore, WrappingKey, load_ring, save_ring};
+pub use store::{
+    CasError, KeyStore, MemoryKeyStore, RingVersion, VersionedRing, WrappingKey, load_ring,
+    save_ring,
+};
 
 /// A key version's number within its tenant's ring: 1, 2, 3, ... in order
 /// of creation. Never 0.

@@ -170,13 +170,67 @@ impl KeyRing {
     }
 }
 
+/// The version of a tenant's stored ring, as its store names it (a
+/// counter, an `ETag`, an object version): an opaque token, only compared
+/// for equality and handed back to the store that gave it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RingVersion(String);
+
+impl RingVersion {
+    /// The token `token` (for store implementations).
+    #[must_use]
+    pub fn new(token: impl Into<String>) -> Self {
+        RingVersion(token.into())
+    }
+
+    /// The token's text (for store implementations).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RingVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RingVersion").field(&self.0).finish()
+    }
+}
+
+/// A sealed ring as stored and its version.
+pub type VersionedRing = (Vec<u8>, RingVersion);
+
+/// Why a conditional write of a ring ([`KeyStore::put_if`]) did not
+/// happen. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CasError<E> {
+    /// The stored ring is not the version expected: another writer changed
+    /// it (or created it, when none was expected; or removed it). Reload,
+    /// re-apply the change, try again.
+    #[error("the stored key ring changed since it was read")]
+    Conflict,
+    /// The store cannot write conditionally.
+    #[error("the key store does not support conditional writes")]
+    Unsupported,
+    /// The store failed.
+    #[error("key store: {0}")]
+    Store(#[source] E),
+}
+
 /// The secret store that keeps key rings, one sealed blob per tenant. The
 /// host implements it over its vault; [`MemoryKeyStore`] is for tests.
+///
+/// Stores shared by several nodes implement the compare-and-swap pair
+/// [`get_versioned`](KeyStore::get_versioned) and
+/// [`put_if`](KeyStore::put_if) (`docs/KEYS.md`): a write names the
+/// version it was derived from and happens only if that is still the
+/// stored one. Their defaults answer that the store cannot.
 pub trait KeyStore {
     /// The store's own error.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Stores the tenant's sealed ring, replacing the previous one.
+    /// Stores the tenant's sealed ring, replacing the previous one,
+    /// whatever its version (last write wins: for one writer only).
     ///
     /// # Errors
     ///
@@ -189,12 +243,46 @@ pub trait KeyStore {
     ///
     /// The store's own.
     fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, Self::Error>;
+
+    /// The tenant's sealed ring and its version, if stored.
+    ///
+    /// # Errors
+    ///
+    /// [`CasError::Unsupported`] (the default), or the store's own.
+    fn get_versioned(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<VersionedRing>, CasError<Self::Error>> {
+        let _ = tenant;
+        Err(CasError::Unsupported)
+    }
+
+    /// Stores the tenant's sealed ring only if the stored one is still
+    /// version `expected`, or, with `None`, only if none is stored (create
+    /// if absent); the new version. Atomic: of two writers expecting the
+    /// same version, one wins and the other gets [`CasError::Conflict`].
+    ///
+    /// # Errors
+    ///
+    /// [`CasError::Conflict`] (nothing written), [`CasError::Unsupported`]
+    /// (the default), or the store's own.
+    fn put_if(
+        &mut self,
+        tenant: TenantId,
+        sealed: &[u8],
+        expected: Option<&RingVersion>,
+    ) -> Result<RingVersion, CasError<Self::Error>> {
+        let _ = (tenant, sealed, expected);
+        Err(CasError::Unsupported)
+    }
 }
 
-/// A [`KeyStore`] in memory, for tests.
+/// A [`KeyStore`] in memory, for tests, with compare-and-swap: versions are
+/// a counter over the whole store, so a version is never given twice.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryKeyStore {
-    blobs: std::collections::BTreeMap<TenantId, Vec<u8>>,
+    blobs: std::collections::BTreeMap<TenantId, (Vec<u8>, u64)>,
+    writes: u64,
 }
 
 impl MemoryKeyStore {
@@ -203,18 +291,47 @@ impl MemoryKeyStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn write(&mut self, tenant: TenantId, sealed: &[u8]) -> RingVersion {
+        self.writes += 1;
+        self.blobs.insert(tenant, (sealed.to_vec(), self.writes));
+        RingVersion(self.writes.to_string())
+    }
 }
 
 impl KeyStore for MemoryKeyStore {
     type Error = std::convert::Infallible;
 
     fn put(&mut self, tenant: TenantId, sealed: &[u8]) -> Result<(), Self::Error> {
-        self.blobs.insert(tenant, sealed.to_vec());
+        let _ = self.write(tenant, sealed);
         Ok(())
     }
 
     fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, Self::Error> {
-        Ok(self.blobs.get(&tenant).cloned())
+        Ok(self.blobs.get(&tenant).map(|(b, _)| b.clone()))
+    }
+
+    fn get_versioned(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<VersionedRing>, CasError<Self::Error>> {
+        Ok(self
+            .blobs
+            .get(&tenant)
+            .map(|(b, v)| (b.clone(), RingVersion(v.to_string()))))
+    }
+
+    fn put_if(
+        &mut self,
+        tenant: TenantId,
+        sealed: &[u8],
+        expected: Option<&RingVersion>,
+    ) -> Result<RingVersion, CasError<Self::Error>> {
+        let current = self.blobs.get(&tenant).map(|(_, v)| v.to_string());
+        if current.as_deref() != expected.map(RingVersion::as_str) {
+            return Err(CasError::Conflict);
+        }
+        Ok(self.write(tenant, sealed))
     }
 }
 

@@ -11,18 +11,27 @@ use bytes::Bytes;
 use opsdata::{Frame, FrameLimits, ObjectKey, TenantId};
 
 use super::{
-    AsyncBlobStore, BlobError, BlobOp, canonical_batch, check_put, check_stored, max_frame_len,
+    AsyncBlobStore, BlobError, BlobOp, PutOutcome, canonical_batch, check_put, check_stored,
+    max_frame_len,
 };
 
 /// An [`AsyncBlobStore`] in a local directory, durable: `put` writes the
-/// frame to a temporary file in the tenant's directory, syncs it, renames
-/// it to its name, and syncs the directory (and, the first time a tenant's
-/// directory is made, its parent) before returning. A crash leaves either
-/// the old object or the new one, never a torn one; temporary files left
-/// by a crash start with `.` and are never listed.
+/// frame to a temporary file in the tenant's directory, syncs it, links it
+/// to its name with `link(2)` (which fails if the name exists: create if
+/// absent, atomic, never replacing), removes the temporary name, and syncs
+/// the directory (and, the first time a tenant's directory is made, its
+/// parent) before returning. A crash leaves either no object or the whole
+/// one, never a torn one; temporary files left by a crash start with `.`
+/// and are never listed.
+///
+/// If the name exists (another process on the same directory, or an
+/// earlier try, stored it), `put` answers [`PutOutcome::AlreadyExists`]
+/// after syncing the directory, so the existing object is durable before
+/// the batch is acknowledged. The file system must support hard links
+/// (every local Linux one does; some network or FAT file systems do not).
 ///
 /// Concurrent puts into one tenant's directory share directory syncs: a
-/// put returns once a sync of the directory that started after its rename
+/// put returns once a sync of the directory that started after its link
 /// has succeeded (group commit), so many small frames do not cost one
 /// directory sync each.
 ///
@@ -43,8 +52,6 @@ struct Inner {
     limits: FrameLimits,
     /// Tenants whose directory is known to exist durably.
     made: Mutex<HashSet<TenantId>>,
-    /// Makes temporary names unique within the process.
-    next_tmp: AtomicU64,
     /// One directory sync per tenant directory serves every rename made
     /// before it started (group commit).
     dir_syncs: Mutex<HashMap<TenantId, Arc<DirSync>>>,
@@ -103,6 +110,10 @@ impl DirSync {
     }
 }
 
+/// Makes temporary names unique within the process, across every store
+/// (two stores on one directory in one process must not share a name).
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
 fn io_err(op: BlobOp) -> impl FnOnce(io::Error) -> BlobError {
     move |source| BlobError::Io { op, source }
 }
@@ -133,7 +144,6 @@ impl LocalDirBlobs {
                 dir,
                 limits: FrameLimits::default(),
                 made: Mutex::new(HashSet::new()),
-                next_tmp: AtomicU64::new(0),
                 dir_syncs: Mutex::new(HashMap::new()),
             }),
         })
@@ -146,7 +156,6 @@ impl LocalDirBlobs {
             dir: self.inner.dir.clone(),
             limits,
             made: Mutex::new(HashSet::new()),
-            next_tmp: AtomicU64::new(0),
             dir_syncs: Mutex::new(HashMap::new()),
         };
         LocalDirBlobs {
@@ -188,7 +197,12 @@ impl LocalDirBlobs {
             })?
     }
 
-    fn put_sync(&self, tenant: TenantId, object: ObjectKey, bytes: &[u8]) -> Result<(), BlobError> {
+    fn put_sync(
+        &self,
+        tenant: TenantId,
+        object: ObjectKey,
+        bytes: &[u8],
+    ) -> Result<PutOutcome, BlobError> {
         let err = io_err(BlobOp::Put);
         let dir = self.tenant_dir(tenant);
         let known = self
@@ -208,7 +222,7 @@ impl LocalDirBlobs {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(tenant);
         }
-        let n = self.inner.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
         let name = object.batch_id().as_uuid().hyphenated().to_string();
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let syncer = Arc::clone(
@@ -219,15 +233,25 @@ impl LocalDirBlobs {
                 .entry(tenant)
                 .or_default(),
         );
-        let write = || -> io::Result<()> {
+        let write = || -> io::Result<PutOutcome> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(bytes)?;
             // The data and the length (fdatasync covers the size of a
             // file written for the first time).
             f.sync_data()?;
             drop(f);
-            fs::rename(&tmp, dir.join(&name))?;
-            syncer.sync_after_rename(&dir)
+            // Create if absent: `link` fails with `AlreadyExists` if the
+            // name is taken, and never replaces it.
+            let outcome = match fs::hard_link(&tmp, dir.join(&name)) {
+                Ok(()) => PutOutcome::Created,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => PutOutcome::AlreadyExists,
+                Err(e) => return Err(e),
+            };
+            fs::remove_file(&tmp)?;
+            // Our link, or the other writer's, is made durable before the
+            // answer (the other may not have synced it yet).
+            syncer.sync_after_rename(&dir)?;
+            Ok(outcome)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -298,7 +322,8 @@ impl LocalDirBlobs {
 impl AsyncBlobStore for LocalDirBlobs {
     type Error = BlobError;
 
-    /// Stores `frame` durably (see the type's docs).
+    /// Stores `frame` durably if no object of its name is stored (see the
+    /// type's docs).
     ///
     /// # Errors
     ///
@@ -310,7 +335,7 @@ impl AsyncBlobStore for LocalDirBlobs {
         tenant: TenantId,
         object: ObjectKey,
         frame: &Frame,
-    ) -> Result<(), BlobError> {
+    ) -> Result<PutOutcome, BlobError> {
         check_put(tenant, object, frame, &self.inner.limits)?;
         let bytes = frame.as_bytes().clone();
         self.blocking(BlobOp::Put, move |s| s.put_sync(tenant, object, &bytes))

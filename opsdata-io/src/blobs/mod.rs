@@ -32,6 +32,21 @@ pub use local::LocalDirBlobs;
 pub use object::AzureBlobConfig;
 pub use object::ObjectStoreBlobs;
 
+/// What a [`AsyncBlobStore::put`] did: stored the frame, or found the
+/// object already stored (by another node sharing the store, or by an
+/// earlier try whose answer was lost) and left it as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use]
+pub enum PutOutcome {
+    /// The object did not exist; the frame is now stored under its name.
+    Created,
+    /// An object of that name was already stored; it was not replaced.
+    /// It is durable too (the store synced it, or made it visible only
+    /// once committed), so the batch is delivered: a duplicate.
+    AlreadyExists,
+}
+
 /// Tenant storage the async service stores sealed frames in. Methods take
 /// `&self` and may run concurrently (the service stores many frames at
 /// once). Every method takes the tenant: no call can name another tenant's
@@ -40,12 +55,20 @@ pub use object::ObjectStoreBlobs;
 /// **Durability**: when `put` returns `Ok`, the object must survive a
 /// crash or power cut (the service then answers the agent delivered and
 /// the agent deletes its copy).
+///
+/// **Create if absent**: `put` never replaces a stored object. Of several
+/// puts of one name, from one node or from several sharing the store,
+/// exactly one answers [`PutOutcome::Created`]; the others answer
+/// [`PutOutcome::AlreadyExists`] and the service answers them delivered,
+/// as duplicates (`docs/BLOBS.md`).
 pub trait AsyncBlobStore: Send + Sync + 'static {
     /// The store's own error.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Stores `frame` as `object` of `tenant`, durably, replacing what was
-    /// there. Implementations refuse a frame of another tenant or batch.
+    /// Stores `frame` as `object` of `tenant`, durably, if no object of
+    /// that name is stored; otherwise leaves the stored one and answers
+    /// [`PutOutcome::AlreadyExists`] (once that one is durable).
+    /// Implementations refuse a frame of another tenant or batch.
     ///
     /// # Errors
     ///
@@ -55,7 +78,7 @@ pub trait AsyncBlobStore: Send + Sync + 'static {
         tenant: TenantId,
         object: ObjectKey,
         frame: &Frame,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    ) -> impl Future<Output = Result<PutOutcome, Self::Error>> + Send;
 
     /// The bytes of `object` of `tenant`, if stored.
     ///
@@ -347,13 +370,16 @@ impl AsyncBlobStore for MemoryBlobs {
         tenant: TenantId,
         object: ObjectKey,
         frame: &Frame,
-    ) -> Result<(), BlobError> {
+    ) -> Result<PutOutcome, BlobError> {
         check_put(tenant, object, frame, &self.limits)?;
-        self.lock()
-            .entry(tenant)
-            .or_default()
-            .insert(object, frame.as_bytes().clone());
-        Ok(())
+        let mut tenants = self.lock();
+        match tenants.entry(tenant).or_default().entry(object) {
+            std::collections::btree_map::Entry::Occupied(_) => Ok(PutOutcome::AlreadyExists),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(frame.as_bytes().clone());
+                Ok(PutOutcome::Created)
+            }
+        }
     }
 
     async fn get(&self, tenant: TenantId, object: ObjectKey) -> Result<Option<Bytes>, BlobError> {

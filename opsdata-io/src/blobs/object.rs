@@ -37,11 +37,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use opsdata::{Frame, FrameLimits, ObjectKey, TenantId};
 
 use super::{
-    AsyncBlobStore, BlobError, BlobOp, canonical_batch, check_put, check_stored, max_frame_len,
+    AsyncBlobStore, BlobError, BlobOp, PutOutcome, canonical_batch, check_put, check_stored,
+    max_frame_len,
 };
 
 /// An [`AsyncBlobStore`] over an [`object_store::ObjectStore`], each
@@ -136,19 +137,11 @@ impl ObjectStoreBlobs {
     /// key or endpoint).
     #[cfg(feature = "azure")]
     pub fn azure(config: &AzureBlobConfig) -> Result<Self, BlobError> {
-        let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
-            .with_account(&config.account)
-            .with_container_name(&config.container)
-            .with_access_key(&config.access_key)
-            .with_allow_http(config.allow_http);
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        let azure = builder.build().map_err(|source| BlobError::Store {
+        let azure = config.build().map_err(|source| BlobError::Store {
             op: BlobOp::Connect,
             source,
         })?;
-        Ok(Self::new(Arc::new(azure)))
+        Ok(Self::new(azure))
     }
 
     /// Puts every tenant under `root` (a `/`-separated object path such as
@@ -198,32 +191,39 @@ impl ObjectStoreBlobs {
 impl AsyncBlobStore for ObjectStoreBlobs {
     type Error = BlobError;
 
-    /// Stores `frame` as `object` of `tenant` (replacing what was there:
-    /// a rewrapped frame replaces its older seal); done when the store's
-    /// PUT has returned.
+    /// Stores `frame` as `object` of `tenant` with a conditional write
+    /// (`PutMode::Create`: create if absent); done when the store's PUT has
+    /// returned. If the object exists (another node, or an earlier try,
+    /// stored it), it is left as it is and the answer is
+    /// [`PutOutcome::AlreadyExists`].
     ///
     /// # Errors
     ///
     /// [`BlobError::WrongTenant`], [`BlobError::WrongObject`],
     /// [`BlobError::Unreadable`] before anything is written;
-    /// [`BlobError::Store`].
+    /// [`BlobError::Store`] (also for a store that does not implement
+    /// conditional creation).
     async fn put(
         &self,
         tenant: TenantId,
         object: ObjectKey,
         frame: &Frame,
-    ) -> Result<(), BlobError> {
+    ) -> Result<PutOutcome, BlobError> {
         check_put(tenant, object, frame, &self.limits)?;
         let path = self.object_path(tenant, object);
         let payload = PutPayload::from(frame.as_bytes().clone());
-        self.store
-            .put(&path, payload)
+        match self
+            .store
+            .put_opts(&path, payload, PutOptions::from(PutMode::Create))
             .await
-            .map(|_| ())
-            .map_err(|source| BlobError::Store {
+        {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
+            Err(source) => Err(BlobError::Store {
                 op: BlobOp::Put,
                 source,
-            })
+            }),
+        }
     }
 
     /// The bytes of `object` of `tenant`, if stored; only if they are
@@ -393,6 +393,19 @@ impl AzureBlobConfig {
     pub fn with_allow_http(mut self, allow: bool) -> Self {
         self.allow_http = allow;
         self
+    }
+
+    /// The store this configuration names.
+    pub(crate) fn build(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(&self.account)
+            .with_container_name(&self.container)
+            .with_access_key(&self.access_key)
+            .with_allow_http(self.allow_http);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        Ok(Arc::new(builder.build()?))
     }
 
     /// The storage account.

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::IngestService;
 use super::tenants::{TenantState, lock};
-use crate::blobs::AsyncBlobStore;
+use crate::blobs::{AsyncBlobStore, PutOutcome};
 use crate::wire::Ack;
 
 /// What became of one frame before storing.
@@ -187,13 +187,26 @@ impl<B: AsyncBlobStore> IngestService<B> {
                 };
                 st.in_flight.remove(&f.batch_id);
                 f.fate = match r {
-                    Ok(()) => {
+                    Ok(PutOutcome::Created) => {
                         m.frames_stored.inc();
                         m.records_stored.inc_by(f.records);
                         m.payload_bytes_stored.inc_by(f.content);
                         Fate::Answer {
                             outcome: Outcome::Delivered,
                             duplicate: false,
+                            reason: "",
+                        }
+                    }
+                    // Another node sharing the store, or an earlier try
+                    // whose answer was lost, stored this batch: the stored
+                    // object stays, and the batch is delivered, a
+                    // duplicate (the object is durable: the store says so
+                    // before answering).
+                    Ok(PutOutcome::AlreadyExists) => {
+                        debug!(%tenant, batch = %f.batch_id, "already stored");
+                        Fate::Answer {
+                            outcome: Outcome::Delivered,
+                            duplicate: true,
                             reason: "",
                         }
                     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use opsdata::{
-    BatchId, Entropy, Ingest, IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore,
-    RotationPolicy, TenantId, WrappingKey, load_ring, save_ring,
+    BatchId, CasError, Entropy, Ingest, IngestConfig, KeyAction, KeyCensus, KeyRing, KeyStore,
+    RingVersion, RotationPolicy, TenantId, VersionedRing, WrappingKey, load_ring, save_ring,
 };
 
 /// How often a tenant's ring is checked against the rotation policy.
@@ -50,6 +50,33 @@ impl<S: KeyStore> KeyStore for Erased<S> {
 
     fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, KeyStoreError> {
         self.0.get(tenant).map_err(|e| KeyStoreError(Box::new(e)))
+    }
+
+    fn get_versioned(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<VersionedRing>, CasError<KeyStoreError>> {
+        self.0.get_versioned(tenant).map_err(erase_cas)
+    }
+
+    fn put_if(
+        &mut self,
+        tenant: TenantId,
+        sealed: &[u8],
+        expected: Option<&RingVersion>,
+    ) -> Result<RingVersion, CasError<KeyStoreError>> {
+        self.0.put_if(tenant, sealed, expected).map_err(erase_cas)
+    }
+}
+
+fn erase_cas<E: std::error::Error + Send + Sync + 'static>(
+    e: CasError<E>,
+) -> CasError<KeyStoreError> {
+    match e {
+        CasError::Store(e) => CasError::Store(KeyStoreError(Box::new(e))),
+        CasError::Conflict => CasError::Conflict,
+        // `Unsupported`, and whatever a later core adds.
+        _ => CasError::Unsupported,
     }
 }
 
@@ -157,15 +184,34 @@ impl TenantState {
                 return Err(RingError::NoRing);
             };
             let ring = provision_ring(tenant, policy, &mut *self.entropy, now)?;
-            save_ring(
-                &mut **lock(&vault.store),
-                &ring,
-                &vault.wrapping,
-                &mut *self.entropy,
-            )
-            .map_err(|e| keys(format!("saving the new key ring: {e}")))?;
-            writes.0 += 1;
-            self.ring = Some(ring);
+            let sealed = ring
+                .to_sealed(&vault.wrapping, &mut *self.entropy)
+                .map_err(|e| keys(format!("sealing the new key ring: {e}")))?;
+            // Create if absent: of nodes provisioning one tenant at once,
+            // one creates the ring and the others take it (docs/KEYS.md,
+            // "Shared key rings"). A store without compare-and-swap is for
+            // one node: a plain put.
+            let created = lock(&vault.store).put_if(tenant, &sealed, None);
+            match created {
+                Ok(_) => {
+                    writes.0 += 1;
+                    self.ring = Some(ring);
+                }
+                Err(CasError::Conflict) => {
+                    let winner = load_ring(&**lock(&vault.store), tenant, &vault.wrapping)
+                        .map_err(|e| keys(format!("loading the key ring made meanwhile: {e}")))?
+                        .ok_or_else(|| keys("the key ring made meanwhile is gone".to_owned()))?;
+                    self.ring = Some(winner);
+                }
+                Err(CasError::Unsupported) => {
+                    lock(&vault.store)
+                        .put(tenant, &sealed)
+                        .map_err(|e| keys(format!("saving the new key ring: {e}")))?;
+                    writes.0 += 1;
+                    self.ring = Some(ring);
+                }
+                Err(e) => return Err(keys(format!("saving the new key ring: {e}"))),
+            }
             self.rotation_checked = Some(now);
         }
         if let (Some(policy), Some(vault)) = (provision, vault) {

@@ -13,12 +13,13 @@ use hyper::StatusCode;
 use hyper::header::HeaderMap;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opsdata::{
-    BatchId, DataType, Frame, FrameEncoder, KeyMaterial, KeyStore, MemoryKeyStore, ObjectKey,
-    Performance, Record, RotationPolicy, Tagged, TenantBatch, TenantId, WrappingKey,
+    BatchId, CasError, DataType, Frame, FrameEncoder, KeyMaterial, KeyStore, MemoryKeyStore,
+    ObjectKey, Performance, Record, RingVersion, RotationPolicy, Tagged, TenantBatch, TenantId,
+    VersionedRing, WrappingKey,
 };
 use opsdata_io::{
-    ACK_LEN, Ack, AsyncBlobStore, BlobError, Clock, IngestService, MemoryBlobs, ServeConfig,
-    ServiceLimits, TlsIdentity,
+    ACK_LEN, Ack, AsyncBlobStore, BlobError, Clock, IngestService, MemoryBlobs, PutOutcome,
+    ServeConfig, ServiceLimits, TlsIdentity,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
@@ -169,11 +170,13 @@ pub fn acks(body: &[u8]) -> Vec<Ack> {
 }
 
 /// A key store shared between services (a restart keeps it), counting
-/// writes.
+/// writes; when the flag is set, the next `get` answers nothing (a node
+/// that read before another node's ring was written).
 #[derive(Clone, Default)]
 pub struct SharedKeys(
     pub Arc<std::sync::Mutex<MemoryKeyStore>>,
     pub Arc<AtomicUsize>,
+    pub Arc<AtomicBool>,
 );
 
 impl KeyStore for SharedKeys {
@@ -185,7 +188,27 @@ impl KeyStore for SharedKeys {
     }
 
     fn get(&self, tenant: TenantId) -> Result<Option<Vec<u8>>, Self::Error> {
+        if self.2.swap(false, Ordering::SeqCst) {
+            return Ok(None);
+        }
         self.0.lock().unwrap().get(tenant)
+    }
+
+    fn get_versioned(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<VersionedRing>, CasError<Self::Error>> {
+        self.0.lock().unwrap().get_versioned(tenant)
+    }
+
+    fn put_if(
+        &mut self,
+        tenant: TenantId,
+        sealed: &[u8],
+        expected: Option<&RingVersion>,
+    ) -> Result<RingVersion, CasError<Self::Error>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.lock().unwrap().put_if(tenant, sealed, expected)
     }
 }
 
@@ -194,10 +217,11 @@ pub fn wrapping_key() -> WrappingKey {
 }
 
 /// A store in memory that can be made to fail, or to hold every put until
-/// released.
+/// released. Its objects may be shared with other `TestStore`s (services
+/// sharing one store, as nodes do).
 #[derive(Default)]
 pub struct TestStore {
-    pub inner: MemoryBlobs,
+    pub inner: Arc<MemoryBlobs>,
     pub failing: AtomicBool,
     pub panicking: AtomicBool,
     pub gate: Option<Gate>,
@@ -233,7 +257,7 @@ impl AsyncBlobStore for TestStore {
         tenant: TenantId,
         object: ObjectKey,
         frame: &Frame,
-    ) -> Result<(), BlobError> {
+    ) -> Result<PutOutcome, BlobError> {
         if let Some(g) = &self.gate {
             let opened = g.opened.notified();
             g.waiting.fetch_add(1, Ordering::SeqCst);
@@ -274,6 +298,16 @@ pub fn build(
     limits: ServiceLimits,
     keys: SharedKeys,
 ) -> IngestService<TestStore> {
+    build_over(store, clock, limits, keys)
+}
+
+/// A service over any blob store.
+pub fn build_over<B: AsyncBlobStore>(
+    store: B,
+    clock: &FakeClock,
+    limits: ServiceLimits,
+    keys: SharedKeys,
+) -> IngestService<B> {
     IngestService::builder(store)
         .limits(limits)
         .clock(clock.clock())
@@ -297,11 +331,15 @@ impl Running {
     }
 }
 
-pub async fn start(svc: &IngestService<TestStore>, pki: &Pki) -> Running {
+pub async fn start<B: AsyncBlobStore>(svc: &IngestService<B>, pki: &Pki) -> Running {
     start_app(svc, pki, svc.router()).await
 }
 
-pub async fn start_app(svc: &IngestService<TestStore>, pki: &Pki, app: axum::Router) -> Running {
+pub async fn start_app<B: AsyncBlobStore>(
+    svc: &IngestService<B>,
+    pki: &Pki,
+    app: axum::Router,
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
