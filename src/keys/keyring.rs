@@ -694,6 +694,47 @@ impl KeyRing {
         v.reserved.min(self.hard_limit).saturating_sub(v.info.usage)
     }
 
+    /// Carries the unused rest of `older`'s reservation into this ring, a
+    /// newer copy of the same tenant's ring read back from a store that
+    /// several nodes share (`docs/KEYS.md`, "Shared key rings").
+    ///
+    /// A node that re-reads the shared ring while it still holds seals it
+    /// reserved (a range `[usage, reserved)` of the primary's uses that the
+    /// store already records as taken) keeps sealing in that range: the
+    /// newer copy's recorded usage for the primary is the whole store's
+    /// reserved count, at or past the end of the range. Nothing is carried
+    /// (and `false` is answered) unless the primary is the same key in both,
+    /// `older` has seals left, and this copy records the range as reserved
+    /// (its usage is at least `older`'s reserved count): the rest of an
+    /// older primary's block is abandoned, as a crash would abandon it.
+    ///
+    /// The ring then records only the range's end as the primary's usage
+    /// (what [`to_sealed`](KeyRing::to_sealed) would write): seal from it,
+    /// but write the shared ring only from a fresh read (read, change,
+    /// conditional write), never from this copy.
+    pub fn keep_reservation(&mut self, older: &KeyRing) -> bool {
+        if self.tenant != older.tenant || !older.reserving {
+            return false;
+        }
+        let (Some(id), Some(old_id)) = (self.primary, older.primary) else {
+            return false;
+        };
+        if id != old_id {
+            return false;
+        }
+        let (Some(old), Some(v)) = (older.versions.get(&id), self.versions.get_mut(&id)) else {
+            return false;
+        };
+        let (usage, reserved) = (old.info.usage, old.reserved.min(self.hard_limit));
+        if usage >= reserved || v.info.usage.max(v.reserved) < reserved {
+            return false;
+        }
+        v.info.usage = usage;
+        v.reserved = reserved;
+        self.reserving = true;
+        true
+    }
+
     /// The reserved count of `id` (the usage a saved ring records for it).
     #[must_use]
     pub fn reserved(&self, id: KeyId) -> Option<u64> {
