@@ -140,6 +140,47 @@ impl RateLimit {
             burst,
         })
     }
+
+    /// The sustained rate, bytes per second.
+    #[must_use]
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_second
+    }
+
+    /// The burst, bytes.
+    #[must_use]
+    pub fn burst(&self) -> u64 {
+        self.burst
+    }
+
+    /// One node's share of this limit when `nodes` service nodes share a
+    /// tenant's traffic evenly: rate and burst divided by `nodes` (at
+    /// least one byte a second, and a burst of at least one second). With
+    /// the traffic spread evenly the nodes together admit about this
+    /// limit; a node that receives more than its share throttles early
+    /// (`opsdata-io`'s `docs/SCALE.md`, "Rate limits").
+    ///
+    /// ```
+    /// use opsdata::RateLimit;
+    /// let share = RateLimit::new(3_000_000, 6_000_000)?.per_node(3)?;
+    /// assert_eq!((share.bytes_per_second(), share.burst()), (1_000_000, 2_000_000));
+    /// # Ok::<(), opsdata::IngestError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`IngestError::Config`] for 0 nodes.
+    pub fn per_node(self, nodes: u32) -> Result<Self, IngestError> {
+        if nodes == 0 {
+            return Err(IngestError::Config("a rate limit shared by zero nodes"));
+        }
+        let n = u64::from(nodes);
+        let bytes_per_second = (self.bytes_per_second / n).max(1);
+        Ok(RateLimit {
+            bytes_per_second,
+            burst: (self.burst / n).max(bytes_per_second),
+        })
+    }
 }
 
 /// Ingest's settings.

@@ -89,8 +89,8 @@ pub use clock::{Clock, system_clock};
 pub use identity::{Timeouts, TlsError, TlsIdentity, load_certificates};
 pub use ringstore::{AsyncKeyStore, ObjectStoreKeyStore, RingStoreError};
 pub use service::{
-    ClientAuth, IngestService, PeerCertificates, ServeConfig, ServeError, ServiceBuilder,
-    ServiceLimits, serve, serve_app,
+    ClientAuth, IngestService, PeerCertificates, ReadError, ServeConfig, ServeError,
+    ServiceBuilder, ServiceLimits, serve, serve_app,
 };
 pub use spool::{
     CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, DamagedFrame, DamagedRange, FileSpool,

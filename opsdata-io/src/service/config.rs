@@ -17,6 +17,7 @@ pub struct ServiceLimits {
     pub(crate) body_timeout: Duration,
     pub(crate) retry_after: Duration,
     pub(crate) key_reservation_block: u64,
+    pub(crate) nodes: u32,
 }
 
 impl Default for ServiceLimits {
@@ -24,7 +25,8 @@ impl Default for ServiceLimits {
     /// for the TLS handshake, 10 s for a request's head (and for an idle
     /// HTTP/1.1 connection's next one), 60 s for its body, 5 minutes for a
     /// connection (HTTP/2 included) with no bytes read and no request in
-    /// flight, `Retry-After: 1`, key usage reserved 65 536 seals at a time.
+    /// flight, `Retry-After: 1`, key usage reserved 65 536 seals at a time,
+    /// one node.
     fn default() -> Self {
         ServiceLimits {
             max_connections: 1024,
@@ -36,6 +38,7 @@ impl Default for ServiceLimits {
             body_timeout: Duration::from_secs(60),
             retry_after: Duration::from_secs(1),
             key_reservation_block: 65_536,
+            nodes: 1,
         }
     }
 }
@@ -150,6 +153,31 @@ impl ServiceLimits {
         }
         self.key_reservation_block = n;
         Ok(self)
+    }
+
+    /// How many service nodes share each tenant's traffic, spread evenly
+    /// (a load balancer sending each connection to any node): each node
+    /// applies its share of the ingest configuration's per-tenant rate
+    /// limit ([`RateLimit::per_node`](opsdata::RateLimit::per_node)), so
+    /// together they admit about the configured rate. Leave it at 1 when
+    /// a tenant's traffic always reaches one node (routing by tenant).
+    /// `docs/SCALE.md`, "Rate limits".
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Zero`] for 0.
+    pub fn with_nodes(mut self, n: u32) -> Result<Self, TlsError> {
+        if n == 0 {
+            return Err(TlsError::Zero { setting: "nodes" });
+        }
+        self.nodes = n;
+        Ok(self)
+    }
+
+    /// How many nodes share each tenant's traffic.
+    #[must_use]
+    pub fn nodes(&self) -> u32 {
+        self.nodes
     }
 
     /// The largest request body.

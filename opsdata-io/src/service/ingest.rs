@@ -131,15 +131,79 @@ impl<B: AsyncBlobStore> IngestService<B> {
 
     async fn ingest_owned(&self, principal: Principal, body: Bytes) -> Reply {
         let now = self.now();
+        let tenant = principal.tenant();
+        let slot = self.inner.tenants.get(tenant);
+        let unavailable = || Reply {
+            kind: ReplyKind::Unavailable,
+            acks: Vec::new(),
+        };
+        // The ring first (loaded, fresh, seals reserved: the key store's
+        // awaits happen here, never under a lock the blocking work takes),
+        // then the body on the blocking pool.
+        let ring_err = self.ring_ready(&slot, tenant, true, false, now).await;
         let svc = self.clone();
         let p = principal.clone();
-        let prepared = tokio::task::spawn_blocking(move || svc.prepare(&p, &body, now)).await;
-        let Ok((mut fates, bad)) = prepared else {
-            return Reply {
-                kind: ReplyKind::Unavailable,
-                acks: Vec::new(),
-            };
+        let prepared = tokio::task::spawn_blocking(move || {
+            let (frames, bad) = split(&body, svc.inner.config.limits());
+            let mut fates = Vec::with_capacity(frames.len());
+            let rest = svc.prepare(&p, frames, now, ring_err.as_deref(), true, &mut fates);
+            (fates, bad, rest)
+        })
+        .await;
+        let Ok((mut fates, bad, mut rest)) = prepared else {
+            return unavailable();
         };
+        // Frames left over when the reserved seals ran out mid-request:
+        // reserve again and go on. A round that seals nothing lets the
+        // next one answer every frame left (transient, or the seal's own
+        // error), so this ends.
+        let mut may_defer = true;
+        while !rest.is_empty() {
+            let before = rest.len();
+            let ring_err = self.ring_ready(&slot, tenant, true, false, now).await;
+            let svc = self.clone();
+            let p = principal.clone();
+            let defer = may_defer;
+            let left_over: Vec<(BatchId, u64, u64)> = rest
+                .iter()
+                .map(|f| {
+                    let h = f.header();
+                    (
+                        f.batch_id(),
+                        u64::from(h.record_count),
+                        u64::from(h.content_len),
+                    )
+                })
+                .collect();
+            let more = tokio::task::spawn_blocking(move || {
+                let mut fates = Vec::with_capacity(rest.len());
+                let rest = svc.prepare(&p, rest, now, ring_err.as_deref(), defer, &mut fates);
+                (fates, rest)
+            })
+            .await;
+            let Ok((more, left)) = more else {
+                // A panic (rolled back by `prepare`): the frames prepared
+                // before are stored below, the rest answered transient.
+                fates.extend(
+                    left_over
+                        .into_iter()
+                        .map(|(batch_id, records, content)| FrameFate {
+                            batch_id,
+                            records,
+                            content,
+                            fate: Fate::Answer {
+                                outcome: Outcome::Transient,
+                                duplicate: false,
+                                reason: "ingest",
+                            },
+                        }),
+                );
+                break;
+            };
+            fates.extend(more);
+            may_defer = left.len() < before;
+            rest = left;
+        }
         let m = &self.inner.metrics;
         // Every sealed frame is stored at once, concurrently, each put in a
         // task of its own: a store that panics fails its frame like one
@@ -177,10 +241,8 @@ impl<B: AsyncBlobStore> IngestService<B> {
             }
         }))
         .await;
-        let tenant = principal.tenant();
         if results.iter().any(Option::is_some) {
-            let state = self.inner.tenants.get(tenant);
-            let mut st = lock(&state);
+            let mut st = lock(&slot.state);
             for (f, r) in fates.iter_mut().zip(results) {
                 let (Fate::Store(op), Some(r)) = (&f.fate, r) else {
                     continue;
@@ -286,20 +348,23 @@ impl<B: AsyncBlobStore> IngestService<B> {
         Reply { kind, acks }
     }
 
-    /// On the blocking pool: split the body, then run each frame through
-    /// the tenant's ingest under the tenant's lock.
+    /// On the blocking pool: runs each frame through the tenant's ingest
+    /// under the tenant's lock, pushing one fate per frame, until the
+    /// reserved seals run out (with `may_defer`): the frames from there on
+    /// are handed back, unprepared, in order.
     fn prepare(
         &self,
         principal: &Principal,
-        body: &Bytes,
+        frames: Vec<Frame>,
         now: DateTime<Utc>,
-    ) -> (Vec<FrameFate>, Option<(Option<BatchId>, FrameError)>) {
+        ring_err: Option<&str>,
+        may_defer: bool,
+        fates: &mut Vec<FrameFate>,
+    ) -> Vec<Frame> {
         let inner = &*self.inner;
-        let tenant = principal.tenant();
-        let (frames, bad) = split(body, inner.config.limits());
-        let state = inner.tenants.get(tenant);
-        let mut st = lock(&state);
-        let mut fates = Vec::with_capacity(frames.len());
+        let slot = inner.tenants.get(principal.tenant());
+        let mut st = lock(&slot.state);
+        let start = fates.len();
         // A panic below would be a bug in the core or here; it must not
         // leave a batch remembered by the de-duplication or the in-flight
         // set without its put, or the agent's retries of it would be
@@ -307,35 +372,51 @@ impl<B: AsyncBlobStore> IngestService<B> {
         // So the frames prepared so far are handed back to ingest before
         // the panic goes on (the tenant's lock is still held).
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.prepare_frames(principal, frames, now, &mut st, &mut fates);
+            self.prepare_frames(principal, frames, now, ring_err, may_defer, &mut st, fates)
         }));
-        if let Err(panic) = run {
-            for f in &fates {
-                if let Fate::Store(op) = &f.fate {
-                    st.in_flight.remove(&f.batch_id);
-                    st.ingest.handle_store_failed(op);
+        match run {
+            Ok(rest) => rest,
+            Err(panic) => {
+                for f in &fates[start..] {
+                    if let Fate::Store(op) = &f.fate {
+                        st.in_flight.remove(&f.batch_id);
+                        st.ingest.handle_store_failed(op);
+                    }
                 }
+                drop(st);
+                std::panic::resume_unwind(panic);
             }
-            drop(st);
-            std::panic::resume_unwind(panic);
         }
-        (fates, bad)
     }
 
     /// Runs each frame through the tenant's ingest (the caller holds the
-    /// tenant's lock), pushing one fate per frame.
+    /// tenant's lock), pushing one fate per frame; the frames left when the
+    /// reserved seals ran out (with `may_defer`).
+    #[allow(clippy::too_many_arguments)]
     fn prepare_frames(
         &self,
         principal: &Principal,
         frames: Vec<Frame>,
         now: DateTime<Utc>,
+        ring_err: Option<&str>,
+        may_defer: bool,
         st: &mut TenantState,
         fates: &mut Vec<FrameFate>,
-    ) {
+    ) -> Vec<Frame> {
         let inner = &*self.inner;
         let m = &inner.metrics;
         let tenant = principal.tenant();
-        for frame in frames {
+        let mut frames = frames.into_iter();
+        while let Some(frame) = frames.next() {
+            if may_defer
+                && ring_err.is_none()
+                && inner.vault.is_some()
+                && st.ring.as_ref().is_some_and(|r| r.reserved_left() == 0)
+            {
+                let mut rest = vec![frame];
+                rest.extend(frames);
+                return rest;
+            }
             let batch_id = frame.batch_id();
             let records = u64::from(frame.header().record_count);
             let content = u64::from(frame.header().content_len);
@@ -364,26 +445,15 @@ impl<B: AsyncBlobStore> IngestService<B> {
                 push(fates, answer(Outcome::Transient, "in_flight"));
                 continue;
             }
-            match st.ready(
-                tenant,
-                inner.vault.as_ref(),
-                inner.provision.as_ref(),
-                inner.limits.key_reservation_block,
-                now,
-            ) {
-                Ok(w) => {
-                    m.key_reservations.inc_by(w.0);
-                }
-                Err(e) => {
-                    warn!(%tenant, error = %e, "key ring not ready");
-                    let fate = if frame.tenant() == tenant {
-                        answer(Outcome::Transient, "key_ring")
-                    } else {
-                        answer(Outcome::Rejected, "tenant_mismatch")
-                    };
-                    push(fates, fate);
-                    continue;
-                }
+            if let Some(e) = ring_err {
+                debug!(%tenant, error = %e, "key ring not ready");
+                let fate = if frame.tenant() == tenant {
+                    answer(Outcome::Transient, "key_ring")
+                } else {
+                    answer(Outcome::Rejected, "tenant_mismatch")
+                };
+                push(fates, fate);
+                continue;
             }
             let st = &mut *st;
             let Some(ring) = st.ring.as_mut() else {
@@ -440,6 +510,7 @@ impl<B: AsyncBlobStore> IngestService<B> {
             }
             push(fates, fate);
         }
+        Vec::new()
     }
 }
 

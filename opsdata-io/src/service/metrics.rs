@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     pub(crate) store_seconds: Histogram,
     pub(crate) seals: Counter,
     pub(crate) key_reservations: Counter,
+    pub(crate) key_ring_reads: Counter,
+    pub(crate) key_ring_conflicts: Counter,
     pub(crate) connections: Family<Label, Counter>,
     pub(crate) connections_open: Gauge,
     pub(crate) requests_in_flight: Gauge,
@@ -67,6 +69,8 @@ impl Metrics {
             store_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             seals: Counter::default(),
             key_reservations: Counter::default(),
+            key_ring_reads: Counter::default(),
+            key_ring_conflicts: Counter::default(),
             connections: Family::default(),
             connections_open: Gauge::default(),
             requests_in_flight: Gauge::default(),
@@ -143,6 +147,16 @@ impl Metrics {
             "key_reservations",
             "Key-ring writes reserving a block of seals (or provisioning, rotating)",
             m.key_reservations.clone(),
+        );
+        r.register(
+            "key_ring_reads",
+            "Key rings read from the key store (loads, re-reads)",
+            m.key_ring_reads.clone(),
+        );
+        r.register(
+            "key_ring_conflicts",
+            "Key-ring writes refused because another node changed the ring first",
+            m.key_ring_conflicts.clone(),
         );
         r.register(
             "connections",

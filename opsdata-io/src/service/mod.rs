@@ -23,12 +23,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::ringstore::AsyncKeyStore;
 use chrono::{DateTime, Utc};
 use opsdata::{
-    IngestConfig, KeyRing, KeyStore, RotationPolicy, SystemEntropy, TenantId, TenantStats,
-    WrappingKey,
+    Frame, FrameError, IngestConfig, KeyError, KeyRing, KeyStore, ObjectKey, RotationPolicy,
+    SystemEntropy, TenantId, TenantStats, WrappingKey, open, peek,
 };
 use tokio::sync::Semaphore;
+use tracing::warn;
 
 use crate::blobs::AsyncBlobStore;
 use crate::identity::TlsError;
@@ -37,6 +39,7 @@ mod config;
 mod http;
 mod ingest;
 mod metrics;
+mod rings;
 mod serve;
 mod tenants;
 
@@ -45,7 +48,8 @@ pub use http::{ClientAuth, PeerCertificates};
 pub use serve::{ServeConfig, ServeError, serve, serve_app};
 
 use metrics::Metrics;
-use tenants::{EntropySource, Erased, KeyVault, Tenants, lock};
+use rings::{KeyVault, SharedRingStore, SyncRingStore};
+use tenants::{EntropySource, TenantSlot, Tenants, lock};
 
 pub use crate::clock::Clock;
 
@@ -126,17 +130,45 @@ impl<B: AsyncBlobStore> ServiceBuilder<B> {
 
     /// Keeps the tenants' key rings in `store`, sealed under `wrapping`
     /// (`docs/KEYS.md` of the core). A tenant's ring is loaded on its first
-    /// frame; usage is reserved in blocks and the ring saved once per
-    /// block (and when provisioned or rotated). A frame whose ring cannot
-    /// be loaded or saved is answered transient.
+    /// frame and re-read at least once a minute; usage is reserved in
+    /// blocks and the ring written once per block (and when provisioned or
+    /// rotated), each write conditional on the version read when the store
+    /// implements [`KeyStore::put_if`] (then several nodes may share it:
+    /// `docs/SCALE.md`), a plain write otherwise (one node only). The
+    /// store's calls run on tokio's blocking pool. A frame whose ring
+    /// cannot be loaded or saved is answered transient.
     #[must_use]
     pub fn key_store<S>(mut self, store: S, wrapping: WrappingKey) -> Self
     where
         S: KeyStore + Send + 'static,
     {
         self.vault = Some(KeyVault {
-            store: std::sync::Mutex::new(Box::new(Erased(store))),
+            store: Box::new(SyncRingStore(Arc::new(std::sync::Mutex::new(store)))),
             wrapping,
+            shared: false,
+        });
+        self
+    }
+
+    /// Keeps the tenants' key rings in `store`, an async key store that
+    /// several service nodes share (such as [`ObjectStoreKeyStore`] over
+    /// Azure Blob Storage, S3 or GCS), sealed under `wrapping`: every
+    /// change is a compare-and-swap, so nodes never make two keys of one
+    /// version, never hand out one seal twice, and the stored usage is
+    /// never below the seals made (`docs/SCALE.md`). The store must write
+    /// conditionally (create if absent, update if unchanged); one that
+    /// cannot answers every ring write with an error.
+    ///
+    /// [`ObjectStoreKeyStore`]: crate::ObjectStoreKeyStore
+    #[must_use]
+    pub fn shared_key_store<S>(mut self, store: S, wrapping: WrappingKey) -> Self
+    where
+        S: AsyncKeyStore,
+    {
+        self.vault = Some(KeyVault {
+            store: Box::new(SharedRingStore(Arc::new(store))),
+            wrapping,
+            shared: true,
         });
         self
     }
@@ -195,10 +227,18 @@ impl<B: AsyncBlobStore> ServiceBuilder<B> {
             return Err(TlsError::NoKeyStore);
         }
         let permits = Arc::new(Semaphore::new(self.limits.max_concurrent_requests));
+        // This node's share of the per-tenant rate limit.
+        let mut config = self.config;
+        if let Some(rate) = config.rate_limit() {
+            let share = rate
+                .per_node(self.limits.nodes)
+                .map_err(|_| TlsError::Zero { setting: "nodes" })?;
+            config = config.with_rate_limit(Some(share));
+        }
         Ok(IngestService {
             inner: Arc::new(Inner {
-                tenants: Tenants::new(self.config.clone(), self.entropy),
-                config: self.config,
+                tenants: Tenants::new(config.clone(), self.entropy),
+                config,
                 limits: self.limits,
                 store: self.store,
                 vault: self.vault,
@@ -242,25 +282,30 @@ impl<B: AsyncBlobStore> IngestService<B> {
     }
 
     /// Adds (or replaces) a tenant's key ring in memory. With a key store,
-    /// rings are loaded from it instead; one added here is saved there at
-    /// its first reservation.
+    /// the stored ring, if there is one, replaces it at the first frame;
+    /// if there is none, this one is stored then (created if absent).
     pub fn add_ring(&self, ring: KeyRing) {
-        let state = self.inner.tenants.get(ring.tenant());
-        lock(&state).ring = Some(ring);
+        let slot = self.inner.tenants.get(ring.tenant());
+        lock(&slot.state).ring = Some(ring);
     }
 
     /// What ingest counted for `tenant`.
     #[must_use]
     pub fn stats(&self, tenant: TenantId) -> TenantStats {
-        lock(&self.inner.tenants.get(tenant)).ingest.stats(tenant)
+        lock(&self.inner.tenants.get(tenant).state)
+            .ingest
+            .stats(tenant)
     }
 
-    /// The primary key's usage and reserved count for `tenant`, if it has
-    /// a ring with a primary.
+    /// The primary key's usage and reserved count for `tenant` as this
+    /// node sees them, if it has a ring with a primary. With a key store
+    /// several nodes share, both count this node's block only: the usage
+    /// is the next seal's place in it, the reserved count the block's end
+    /// (the whole store's reserved count is in the stored ring).
     #[must_use]
     pub fn key_usage(&self, tenant: TenantId) -> Option<(u64, u64)> {
-        let state = self.inner.tenants.get(tenant);
-        let st = lock(&state);
+        let slot = self.inner.tenants.get(tenant);
+        let st = lock(&slot.state);
         let ring = st.ring.as_ref()?;
         let p = ring.primary()?;
         Some((p.usage, ring.reserved(p.id).unwrap_or(p.usage)))
@@ -289,6 +334,130 @@ impl<B: AsyncBlobStore> IngestService<B> {
     fn now(&self) -> DateTime<Utc> {
         (self.inner.clock)()
     }
+
+    /// Makes the tenant's ring ready ([`rings::ring_ready`]): to seal
+    /// (`to_seal`: loaded, fresh, seals reserved) or to open (loaded; with
+    /// `reread`, read again whatever its age). `None` when ready (or
+    /// without a key store), else why not, for the frames' answers.
+    async fn ring_ready(
+        &self,
+        slot: &TenantSlot,
+        tenant: TenantId,
+        to_seal: bool,
+        reread: bool,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let vault = self.inner.vault.as_ref()?;
+        if !lock(&slot.state).ring_needs_work(now, reread, to_seal) {
+            return None;
+        }
+        // One ring change per tenant on this node at a time; whoever waits
+        // finds the work done (the need is checked again inside).
+        let _io = slot.ring_io.lock().await;
+        let m = &self.inner.metrics;
+        let result = rings::ring_ready(
+            slot,
+            tenant,
+            vault,
+            self.inner.provision.as_ref(),
+            self.inner.limits.key_reservation_block,
+            to_seal,
+            reread,
+            now,
+        )
+        .await;
+        let work = match &result {
+            Ok(w) => *w,
+            Err((w, _)) => *w,
+        };
+        m.key_ring_reads.inc_by(work.reads);
+        m.key_reservations.inc_by(work.writes);
+        m.key_ring_conflicts.inc_by(work.conflicts);
+        match result {
+            Ok(_) => None,
+            Err((_, e)) => {
+                warn!(%tenant, error = %e, "key ring not ready");
+                Some(e.to_string())
+            }
+        }
+    }
+
+    /// Reads `object` of `tenant` back from the blob store, opened: the
+    /// frame as the agent sent it. A frame sealed under a key this node's
+    /// copy of the ring does not know (a key another node generated since
+    /// this node last read the ring) makes it read the ring again first.
+    /// The frame's tenant is checked against `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Store`] if the blob store fails; [`ReadError::Frame`]
+    /// for stored bytes that are not a frame of `tenant`;
+    /// [`ReadError::KeyRing`] if the tenant's ring cannot be read;
+    /// [`ReadError::Key`] if the frame does not open with it.
+    pub async fn read_stored(
+        &self,
+        tenant: TenantId,
+        object: ObjectKey,
+    ) -> Result<Option<Frame>, ReadError> {
+        let Some(bytes) = self
+            .inner
+            .store
+            .get(tenant, object)
+            .await
+            .map_err(|e| ReadError::Store(Box::new(e)))?
+        else {
+            return Ok(None);
+        };
+        let limits = self.inner.config.limits();
+        let frame = Frame::decode(bytes, &limits).map_err(ReadError::Frame)?;
+        if frame.tenant() != tenant {
+            return Err(ReadError::Frame(FrameError::TenantMismatch {
+                expected: tenant,
+                found: frame.tenant(),
+            }));
+        }
+        if !frame.header().sealed {
+            return Ok(Some(frame));
+        }
+        let kek = peek(frame.as_bytes()).map_err(ReadError::Key)?.kek_id;
+        let slot = self.inner.tenants.get(tenant);
+        let known = |slot: &TenantSlot| {
+            let st = lock(&slot.state);
+            st.ring
+                .as_ref()
+                .is_some_and(|r| kek.is_none_or(|id| r.get(id).is_some()))
+        };
+        if !known(&slot) {
+            let now = self.now();
+            if let Some(e) = self.ring_ready(&slot, tenant, false, true, now).await {
+                return Err(ReadError::KeyRing(e));
+            }
+        }
+        let st = lock(&slot.state);
+        let ring = st
+            .ring
+            .as_ref()
+            .ok_or_else(|| ReadError::KeyRing("no key ring for the tenant".to_owned()))?;
+        open(&frame, ring).map(Some).map_err(ReadError::Key)
+    }
+}
+
+/// Why [`IngestService::read_stored`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The blob store failed.
+    #[error("blob store: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The stored bytes are not a frame of the tenant.
+    #[error("stored frame: {0}")]
+    Frame(#[source] FrameError),
+    /// The tenant's key ring could not be read.
+    #[error("key ring: {0}")]
+    KeyRing(String),
+    /// The frame does not open with the tenant's ring.
+    #[error("opening the stored frame: {0}")]
+    Key(#[source] KeyError),
 }
 
 fn system_now() -> DateTime<Utc> {

@@ -170,13 +170,16 @@ pub fn acks(body: &[u8]) -> Vec<Ack> {
 }
 
 /// A key store shared between services (a restart keeps it), counting
-/// writes; when the flag is set, the next `get` answers nothing (a node
-/// that read before another node's ring was written).
+/// writes; when the flag is set, the next `get_versioned` answers nothing (a node
+/// that read before another node's ring was written); each barrier in the
+/// list holds one `get_versioned` until as many reads as it counts have
+/// arrived (nodes that all read before any writes).
 #[derive(Clone, Default)]
 pub struct SharedKeys(
     pub Arc<std::sync::Mutex<MemoryKeyStore>>,
     pub Arc<AtomicUsize>,
     pub Arc<AtomicBool>,
+    pub Arc<std::sync::Mutex<Vec<Arc<std::sync::Barrier>>>>,
 );
 
 impl KeyStore for SharedKeys {
@@ -198,7 +201,15 @@ impl KeyStore for SharedKeys {
         &self,
         tenant: TenantId,
     ) -> Result<Option<VersionedRing>, CasError<Self::Error>> {
-        self.0.lock().unwrap().get_versioned(tenant)
+        if self.2.swap(false, Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let read = self.0.lock().unwrap().get_versioned(tenant);
+        let barrier = self.3.lock().unwrap().pop();
+        if let Some(b) = barrier {
+            b.wait();
+        }
+        read
     }
 
     fn put_if(
