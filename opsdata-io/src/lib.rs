@@ -71,6 +71,7 @@ mod agent;
 mod blobs;
 mod clock;
 mod identity;
+mod lease;
 mod ringstore;
 mod service;
 mod spool;
@@ -87,6 +88,7 @@ pub use blobs::{
 };
 pub use clock::{Clock, system_clock};
 pub use identity::{Timeouts, TlsError, TlsIdentity, load_certificates};
+pub use lease::{Lease, LeaseError, LeaseRecord, LeaseState};
 pub use ringstore::{AsyncKeyStore, ObjectStoreKeyStore, RingStoreError};
 pub use service::{
     ClientAuth, IngestService, PeerCertificates, ReadError, ServeConfig, ServeError,

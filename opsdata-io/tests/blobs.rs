@@ -19,8 +19,8 @@ use opsdata::{
 };
 use opsdata::{CasError, KeyMaterial, RingVersion, WrappingKey};
 use opsdata_io::{
-    AsyncBlobStore, AsyncKeyStore, BlobError, BlobOp, LocalDirBlobs, ObjectStoreBlobs,
-    ObjectStoreKeyStore, PutOutcome, RingStoreError,
+    AsyncBlobStore, AsyncKeyStore, BlobError, BlobOp, Lease, LeaseError, LeaseState, LocalDirBlobs,
+    ObjectStoreBlobs, ObjectStoreKeyStore, PutOutcome, RingStoreError,
 };
 use uuid::Uuid;
 
@@ -814,6 +814,126 @@ fn object_store_key_store_compare_and_swap_in_memory() {
     ));
 }
 
+/// The planner lease on a real store: one holder; others see it held; the
+/// holder renews; a lapsed lease is taken over (term + 1) and its old
+/// holder's renewal fails; a released lease is free at once.
+async fn check_lease(store: Arc<dyn ObjectStore>, name: &str) {
+    let t = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let s = chrono::Duration::seconds;
+    let lease = |n: u128| {
+        Lease::new(store.clone(), name, Uuid::from_u128(n))
+            .unwrap()
+            .with_ttl(s(30), s(5))
+            .unwrap()
+    };
+    let (mut one, mut two) = (lease(1), lease(2));
+    assert_eq!(
+        one.poll(t).await.unwrap(),
+        LeaseState::Held {
+            term: 1,
+            until: t + s(25)
+        }
+    );
+    assert!(one.holds(t + s(24)) && !one.holds(t + s(25)));
+    assert_eq!(
+        two.poll(t + s(1)).await.unwrap(),
+        LeaseState::HeldBy {
+            holder: Uuid::from_u128(1),
+            retry_at: t + s(35)
+        }
+    );
+    assert!(!two.holds(t + s(1)));
+    // Renewed: it lasts 30 s from the renewal.
+    assert!(matches!(
+        one.poll(t + s(20)).await.unwrap(),
+        LeaseState::Held { term: 1, .. }
+    ));
+    // Not lapsed yet for the other node (ends at 50, + 5 s margin).
+    assert!(matches!(
+        two.poll(t + s(54)).await.unwrap(),
+        LeaseState::HeldBy { .. }
+    ));
+    assert!(!one.holds(t + s(45)), "past its end less the margin");
+    assert_eq!(
+        two.poll(t + s(55)).await.unwrap(),
+        LeaseState::Held {
+            term: 2,
+            until: t + s(80)
+        }
+    );
+    // The old holder's renewal finds another holder.
+    assert!(matches!(
+        one.poll(t + s(56)).await.unwrap(),
+        LeaseState::HeldBy { .. }
+    ));
+    assert!(!one.holds(t + s(56)) && two.holds(t + s(56)));
+    // Released: free at once for the next poll.
+    two.release(t + s(60)).await.unwrap();
+    assert!(!two.holds(t + s(60)));
+    assert_eq!(
+        one.poll(t + s(60)).await.unwrap(),
+        LeaseState::Held {
+            term: 3,
+            until: t + s(85)
+        }
+    );
+    // Something that is not a lease is left alone.
+    let odd = format!("{name}-odd");
+    store
+        .put(&Path::from(odd.as_str()), PutPayload::from_static(b"hello"))
+        .await
+        .unwrap();
+    let mut three = Lease::new(store.clone(), &odd, Uuid::from_u128(3)).unwrap();
+    assert!(matches!(
+        three.poll(t).await,
+        Err(LeaseError::Format { .. })
+    ));
+    assert_eq!(
+        store
+            .get(&Path::from(odd.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        Bytes::from_static(b"hello")
+    );
+}
+
+#[test]
+fn the_planner_lease_in_memory() {
+    let rt = current_thread();
+    rt.block_on(check_lease(
+        Arc::new(object_store::memory::InMemory::new()),
+        "leases/planner",
+    ));
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    assert!(Lease::new(store.clone(), "", Uuid::nil()).is_err());
+    let l = Lease::new(store, "x", Uuid::nil()).unwrap();
+    let s = chrono::Duration::seconds;
+    assert!(
+        l.with_ttl(s(10), s(5)).is_err(),
+        "2 x margin must be under the ttl"
+    );
+}
+
+/// On the local filesystem a lease can be created but never renewed or
+/// taken over: it says so.
+#[test]
+fn the_planner_lease_on_the_local_filesystem_cannot_renew() {
+    let dir = TempDir::new("lease");
+    let rt = current_thread();
+    let fs: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir.0).unwrap());
+    let mut l = Lease::new(fs, "planner", Uuid::from_u128(1)).unwrap();
+    let t = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    rt.block_on(async {
+        assert!(matches!(l.poll(t).await, Ok(LeaseState::Held { .. })));
+        assert!(matches!(l.poll(t).await, Err(LeaseError::Unsupported)));
+        assert!(!l.holds(t));
+    });
+}
+
 /// `object_store`'s local filesystem creates if absent but cannot update
 /// conditionally: the key store says so, and writes nothing.
 #[test]
@@ -1137,6 +1257,19 @@ mod azure {
                 .with_root("ops/keys")
                 .unwrap(),
         ));
+        // The planner lease on Azure's ETags (a client made on this
+        // runtime).
+        let azure = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account("devstoreaccount1")
+            .with_container_name("opsdata")
+            .with_access_key(
+                "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+            )
+            .with_endpoint(format!("{}/devstoreaccount1", azurite.url))
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        rt.block_on(check_lease(Arc::new(azure), "leases/planner"));
         eprintln!("azurite_backend done in {:.1?}", started.elapsed());
     }
 }
