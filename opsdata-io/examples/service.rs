@@ -12,6 +12,10 @@
 //! Storage: the local directory `<dir>/blobs`, durable (each frame synced,
 //! with its directory, before it is acknowledged), or, with `--azure-*`
 //! (or the `OPSDATA_AZURE_*` variables), an Azure Blob Storage container.
+//! The file key store in `<dir>/keys` serves one node (a second process on
+//! it refuses to start); with `--azure-*` and `--shared-keys` the rings live
+//! in the container and any number of nodes may share it, each started the
+//! same way with `--nodes N` (`docs/SCALE.md`).
 //!
 //! Logs go to stderr through `tracing-subscriber` (`RUST_LOG`, default
 //! `info`). Ctrl-C (or SIGTERM) shuts down gracefully: requests in flight
@@ -34,8 +38,8 @@ use chrono::Utc;
 use clap::Parser;
 use opsdata::{RotationPolicy, SystemEntropy};
 use opsdata_io::{
-    AzureBlobConfig, IngestService, LocalDirBlobs, ObjectStoreBlobs, ServeConfig, ServiceLimits,
-    TlsIdentity, load_certificates,
+    AzureBlobConfig, IngestService, LocalDirBlobs, ObjectStoreBlobs, ObjectStoreKeyStore,
+    ServeConfig, ServiceLimits, TlsIdentity, load_certificates,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -88,6 +92,25 @@ struct Args {
     /// Azure endpoint (e.g. Azurite's http://127.0.0.1:10000/devstoreaccount1).
     #[arg(long, env = "OPSDATA_AZURE_ENDPOINT")]
     azure_endpoint: Option<String>,
+    /// Keep the key rings in the Azure container too (`keyrings/`), shared
+    /// with every other node through conditional writes, instead of
+    /// `<dir>/keys` (one node only). Needs the `--azure-*` settings.
+    #[arg(long, requires = "azure_account")]
+    shared_keys: bool,
+    /// How many nodes share each tenant's traffic: each applies its share
+    /// of a tenant's rate limit.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// Seals reserved per key-ring write.
+    #[arg(long, default_value_t = 65_536)]
+    key_block: u64,
+    /// Rotate a tenant's key once this many uses are recorded (default:
+    /// the policy's 2^31).
+    #[arg(long)]
+    rotate_after_uses: Option<u64>,
+    /// Seconds a new key waits before it is promoted (default 24 h).
+    #[arg(long)]
+    propagation_delay: Option<i64>,
 }
 
 #[tokio::main]
@@ -102,14 +125,23 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let enrollment_ca = load_certificates(&dir.join("enrollment-ca.pem"))?;
     let mut entropy = SystemEntropy::new();
     let wrapping = keys::wrapping_key(&dir.join("wrapping.key"), &mut entropy)?;
-    let key_store = keys::FileKeyStore::open(&dir.join("keys"))?;
     let limits = ServiceLimits::default()
         .with_max_body_bytes(args.max_body_bytes)?
         .with_max_connections(args.max_connections)?
         .with_max_concurrent_requests(args.max_concurrent_requests)?
         .with_header_timeout(Duration::from_secs(args.header_timeout))?
         .with_body_timeout(Duration::from_secs(args.body_timeout))?
-        .with_idle_timeout(Duration::from_secs(args.idle_timeout))?;
+        .with_idle_timeout(Duration::from_secs(args.idle_timeout))?
+        .with_nodes(args.nodes)?
+        .with_key_reservation_block(args.key_block)?;
+    let mut policy = RotationPolicy::default();
+    if let Some(soft) = args.rotate_after_uses {
+        let hard = policy.hard_usage_limit();
+        policy = policy.with_usage_limits(soft, hard)?;
+    }
+    if let Some(secs) = args.propagation_delay {
+        policy = policy.with_propagation_delay(chrono::Duration::seconds(secs))?;
+    }
     let listener = tokio::net::TcpListener::bind(&args.addr).await?;
     let tls = ServeConfig::new(identity, enrollment_ca);
     let shutdown = shutdown_signal();
@@ -120,14 +152,21 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 let http = endpoint.starts_with("http://");
                 config = config.with_endpoint(endpoint).with_allow_http(http);
             }
-            tracing::info!(?config, "storing in Azure Blob Storage");
-            let store = ObjectStoreBlobs::azure(&config)?;
-            let service = IngestService::builder(store)
+            tracing::info!(
+                ?config,
+                shared_keys = args.shared_keys,
+                "storing in Azure Blob Storage"
+            );
+            let builder = IngestService::builder(ObjectStoreBlobs::azure(&config)?)
                 .limits(limits)
                 .clock(Arc::new(Utc::now))
-                .key_store(key_store, wrapping)
-                .provisioning(RotationPolicy::default())
-                .build()?;
+                .provisioning(policy);
+            let builder = if args.shared_keys {
+                builder.shared_key_store(ObjectStoreKeyStore::azure(&config)?, wrapping)
+            } else {
+                builder.key_store(keys::FileKeyStore::open(&dir.join("keys"))?, wrapping)
+            };
+            let service = builder.build()?;
             tracing::info!(addr = %listener.local_addr()?, "listening");
             opsdata_io::serve(listener, service, tls, shutdown).await?;
         }
@@ -138,8 +177,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
             let service = IngestService::builder(store)
                 .limits(limits)
                 .clock(Arc::new(Utc::now))
-                .key_store(key_store, wrapping)
-                .provisioning(RotationPolicy::default())
+                .key_store(keys::FileKeyStore::open(&dir.join("keys"))?, wrapping)
+                .provisioning(policy)
                 .build()?;
             tracing::info!(addr = %listener.local_addr()?, "listening");
             opsdata_io::serve(listener, service, tls, shutdown).await?;

@@ -12,18 +12,43 @@ use std::path::{Path, PathBuf};
 
 use opsdata::{Entropy, KeyMaterial, KeyStore, TenantId, WrappingKey};
 
-/// Sealed key rings, one file per tenant.
+/// Sealed key rings, one file per tenant. It has no compare-and-swap, so
+/// it is for one service node: it holds an exclusive lock on
+/// `<dir>/.lock` while open, and a second node on the same directory
+/// refuses to start (`docs/SCALE.md`).
 #[derive(Debug)]
 pub struct FileKeyStore {
     dir: PathBuf,
+    _lock: File,
 }
 
 impl FileKeyStore {
     /// Keeps rings in `dir`, created if missing.
+    ///
+    /// # Errors
+    ///
+    /// `io::ErrorKind::WouldBlock` if another process has it open.
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is used by another service node: this file key store has no \
+                     compare-and-swap, so it serves one node (run several over Azure \
+                     with --shared-keys; docs/SCALE.md): {e}",
+                    dir.display()
+                ),
+            ));
+        }
         Ok(FileKeyStore {
             dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
