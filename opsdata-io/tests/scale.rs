@@ -363,3 +363,25 @@ async fn two_nodes_share_a_tenants_rate_limit() {
     r1.shutdown().await;
     r2.shutdown().await;
 }
+
+#[path = "../examples/support/keys.rs"]
+#[allow(dead_code)]
+mod file_keys;
+
+/// The `service` example's file key store has no compare-and-swap: while
+/// one node has a key directory open, a second refuses to start on it.
+#[test]
+fn a_second_node_on_the_examples_file_key_store_refuses_to_start() {
+    let dir = std::env::temp_dir().join(format!("opsdata-io-keys-{}", uuid::Uuid::new_v4()));
+    let first = file_keys::FileKeyStore::open(&dir).unwrap();
+    let second = file_keys::FileKeyStore::open(&dir).unwrap_err();
+    assert_eq!(second.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(
+        second.to_string().contains("another service node"),
+        "{second}"
+    );
+    drop(first);
+    // Once the first is gone, a node may start.
+    let _again = file_keys::FileKeyStore::open(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
