@@ -27,6 +27,8 @@
 // A benchmark reads the clock, draws ids and spawns its service.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/load.rs"]
+mod load;
 #[allow(dead_code)]
 #[path = "support/pki.rs"]
 mod pki;
@@ -38,23 +40,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use opsdata::{
-    BatchId, DataType, FIXED_HEADER_LEN, Frame, FrameDecoder, FrameEncoder, FrameHeader,
-    FrameLimits, MemoryKeyStore, PayloadReader, Performance, Record, RecordLimits, RotationPolicy,
-    Tagged, TenantBatch, TenantId, WrappingKey,
+    Frame, FrameDecoder, FrameLimits, MemoryKeyStore, PayloadReader, RecordLimits, RotationPolicy,
+    WrappingKey,
 };
-use opsdata::{Outcome, Transmit};
 use opsdata_io::{
-    AsyncTransport, HttpsSettings, HttpsTransport, IngestService, LocalDirBlobs, ServeConfig,
-    ServiceLimits, TlsIdentity, load_certificates,
+    IngestService, LocalDirBlobs, ServeConfig, ServiceLimits, TlsIdentity, load_certificates,
 };
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use uuid::Uuid;
 
 /// End-to-end benchmark of the HTTPS ingest service.
@@ -230,13 +226,13 @@ fn bench(args: &Args) -> Result<(), Box<dyn Error>> {
     for s in &scenarios {
         let templates: Vec<Frame> = WORKSPACES
             .iter()
-            .map(|w| template(w.parse().expect("a workspace id"), s.records))
+            .map(|w| load::template(w.parse().expect("a workspace id"), s.records))
             .collect();
         let decode = decode_alone(&templates[0], Duration::from_secs(2));
         let cpu0 = cpu_seconds(pid)?;
         let started = Instant::now();
-        let result = rt.block_on(run(
-            if s.proxied { proxy.addr } else { addr },
+        let result = rt.block_on(load::run(
+            &[if s.proxied { proxy.addr } else { addr }],
             &service_ca,
             &agents,
             &templates,
@@ -304,47 +300,6 @@ fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn Error>> {
     Ok((utime + stime) / 100.0)
 }
 
-/// A frame of `records` Performance records (~330 bytes of JSON each).
-fn template(t: TenantId, records: usize) -> Frame {
-    let now = Utc::now();
-    let recs = (0..records).map(|i| {
-        Tagged::new(
-            t,
-            Record::Performance(Performance {
-                object_name: "Processor".into(),
-                counter_name: "% Processor Time".into(),
-                perfmon_instance_name: format!("_Total-{i}"),
-                performance_data_id: Uuid::new_v4(),
-                performance_source_internal_id: i32::try_from(i).unwrap_or(i32::MAX),
-                sample_value: i as f64 * 0.37,
-                time_sampled: now,
-                time_added: now,
-            }),
-        )
-    });
-    let batch = TenantBatch::from_records(t, DataType::Performance, recs).expect("a batch");
-    FrameEncoder::new()
-        .encode_frame(
-            &batch,
-            BatchId::from_random_bytes(*Uuid::new_v4().as_bytes()),
-            now,
-        )
-        .expect("a frame")
-}
-
-/// `frame` under a fresh batch id: the header re-encoded, its CRC
-/// recomputed, the body as it is.
-fn restamp(frame: &Frame) -> Bytes {
-    let mut h: FrameHeader = *frame.header();
-    h.batch_id = BatchId::from_random_bytes(*Uuid::new_v4().as_bytes());
-    let head = h.encode();
-    let mut b = frame.as_bytes().to_vec();
-    b[..FIXED_HEADER_LEN].copy_from_slice(&head);
-    b[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4]
-        .copy_from_slice(&crc32fast::hash(&head).to_be_bytes());
-    Bytes::from(b)
-}
-
 /// Payload MB/s that one thread decodes, validates: the service's CPU work
 /// without TLS, HTTP, sealing or storage.
 fn decode_alone(frame: &Frame, for_at_least: Duration) -> f64 {
@@ -366,84 +321,4 @@ fn decode_alone(frame: &Frame, for_at_least: Duration) -> f64 {
         n += 1;
     }
     n as f64 * f64::from(frame.header().content_len) / started.elapsed().as_secs_f64() / 1e6
-}
-
-struct RunResult {
-    frames: u64,
-    errors: u64,
-    latencies: Vec<Duration>,
-}
-
-async fn run(
-    addr: SocketAddr,
-    service_ca: &pki::Ca,
-    agents: &[pki::Issued],
-    templates: &[Frame],
-    (connections, in_flight): (usize, usize),
-    duration: Duration,
-) -> Result<RunResult, Box<dyn Error>> {
-    let deadline = Instant::now() + duration;
-    let limits = FrameLimits::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..connections {
-        let tenant = c % agents.len();
-        // One agent transport per connection: the agent's own HTTPS client
-        // (one HTTP/2 connection, requests multiplexed on it).
-        let transport = transport(addr, service_ca, &agents[tenant])?;
-        for _ in 0..in_flight {
-            let template = templates[tenant].clone();
-            let transport = transport.clone();
-            tasks.spawn(async move {
-                let mut res = RunResult {
-                    frames: 0,
-                    errors: 0,
-                    latencies: Vec::new(),
-                };
-                while Instant::now() < deadline {
-                    let frame = Frame::decode(restamp(&template), &limits).expect("a frame");
-                    let tx = Transmit {
-                        tenant: frame.tenant(),
-                        batch_id: frame.batch_id(),
-                        attempt: 1,
-                        frame,
-                    };
-                    let t = Instant::now();
-                    let outcome = transport.send(&tx).await;
-                    res.latencies.push(t.elapsed());
-                    match outcome {
-                        Outcome::Delivered => res.frames += 1,
-                        _ => res.errors += 1,
-                    }
-                }
-                res
-            });
-        }
-    }
-    let mut all = RunResult {
-        frames: 0,
-        errors: 0,
-        latencies: Vec::new(),
-    };
-    while let Some(r) = tasks.join_next().await {
-        let r = r?;
-        all.frames += r.frames;
-        all.errors += r.errors;
-        all.latencies.extend(r.latencies);
-    }
-    Ok(all)
-}
-
-/// The agent's HTTPS transport for `agent`'s certificate, trusting the
-/// service's CA, HTTP/2 offered first.
-fn transport(
-    addr: SocketAddr,
-    service_ca: &pki::Ca,
-    agent: &pki::Issued,
-) -> Result<HttpsTransport, Box<dyn Error>> {
-    let settings = HttpsSettings::new(addr, "localhost", vec![service_ca.der.clone()])?;
-    let identity = TlsIdentity::new(
-        vec![agent.der.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(agent.key_der.clone())),
-    )?;
-    Ok(HttpsTransport::new(settings, Arc::new(identity)))
 }
