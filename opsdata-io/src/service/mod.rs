@@ -49,7 +49,7 @@ pub use serve::{ServeConfig, ServeError, serve, serve_app};
 
 use metrics::Metrics;
 use rings::{KeyVault, SharedRingStore, SyncRingStore};
-use tenants::{EntropySource, TenantSlot, Tenants, lock};
+use tenants::{EntropySource, RingNeed, TenantSlot, Tenants, lock};
 
 pub use crate::clock::Clock;
 
@@ -348,12 +348,16 @@ impl<B: AsyncBlobStore> IngestService<B> {
         now: DateTime<Utc>,
     ) -> Option<String> {
         let vault = self.inner.vault.as_ref()?;
-        if !lock(&slot.state).ring_needs_work(now, reread, to_seal) {
-            return None;
-        }
+        let need = lock(&slot.state).ring_needs_work(now, reread, to_seal);
         // One ring change per tenant on this node at a time; whoever waits
-        // finds the work done (the need is checked again inside).
-        let _io = slot.ring_io.lock().await;
+        // finds the work done (the need is checked again inside). Only the
+        // periodic re-read due: whoever finds it under way goes on sealing
+        // from its block rather than wait.
+        let _io = match need {
+            RingNeed::Nothing => return None,
+            RingNeed::Stale => slot.ring_io.try_lock().ok()?,
+            RingNeed::Urgent => slot.ring_io.lock().await,
+        };
         let m = &self.inner.metrics;
         let result = rings::ring_ready(
             slot,

@@ -21,7 +21,7 @@ use opsdata::{
     TenantId, WrappingKey,
 };
 
-use super::tenants::{RingError, TenantSlot, lock};
+use super::tenants::{RingError, RingNeed, TenantSlot, lock};
 use crate::ringstore::AsyncKeyStore;
 
 /// How often a node re-reads a ring it uses, and checks it against the
@@ -241,7 +241,7 @@ pub(crate) async fn ring_ready(
     let keys = |what: &str, e: &dyn fmt::Display| RingError::Keys(format!("{what}: {e}"));
     let mut reread = reread;
     for _ in 0..MAX_ATTEMPTS {
-        if !lock(&slot.state).ring_needs_work(now, reread, to_seal) {
+        if lock(&slot.state).ring_needs_work(now, reread, to_seal) == RingNeed::Nothing {
             return Ok(work);
         }
         work.reads += 1;

@@ -84,22 +84,35 @@ impl TenantState {
         }
     }
 
-    /// Whether [`ring_ready`](super::rings::ring_ready) has work: no ring
-    /// yet, a ring older than [`REFRESH`] (or a re-read asked for), or no
-    /// seal left reserved (unless the last fresh read could not reserve:
-    /// then sealing reports why, until the next re-read).
-    pub(crate) fn ring_needs_work(&self, now: DateTime<Utc>, reread: bool, to_seal: bool) -> bool {
+    /// Whether [`ring_ready`](super::rings::ring_ready) has work:
+    /// [`RingNeed::Urgent`] with no ring yet, a re-read asked for, or (to
+    /// seal) no seal left reserved (unless the last fresh read could not
+    /// reserve: then sealing reports why, until the next re-read);
+    /// [`RingNeed::Stale`] when only the periodic re-read is due.
+    pub(crate) fn ring_needs_work(
+        &self,
+        now: DateTime<Utc>,
+        reread: bool,
+        to_seal: bool,
+    ) -> RingNeed {
         let Some(ring) = &self.ring else {
-            return true;
+            return RingNeed::Urgent;
         };
         if reread {
-            return true;
+            return RingNeed::Urgent;
         }
         if !to_seal {
-            return false;
+            return RingNeed::Nothing;
+        }
+        if ring.reserved_left() == 0 && !self.reserve_refused {
+            return RingNeed::Urgent;
         }
         let stale = self.refreshed.is_none_or(|t| (now - t).abs() >= REFRESH);
-        stale || (ring.reserved_left() == 0 && !self.reserve_refused)
+        if stale {
+            RingNeed::Stale
+        } else {
+            RingNeed::Nothing
+        }
     }
 
     /// The change to write for what the store holds (`stored`): with
@@ -206,6 +219,17 @@ impl TenantState {
         self.version = version;
         self.refreshed = Some(now);
     }
+}
+
+/// What a tenant's ring needs before a frame is sealed (or opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RingNeed {
+    /// Nothing.
+    Nothing,
+    /// The periodic re-read is due; sealing may go on meanwhile.
+    Stale,
+    /// Nothing can be sealed (or opened) before the store is read.
+    Urgent,
 }
 
 /// One tenant: its state, and the lock under which its ring is read and
