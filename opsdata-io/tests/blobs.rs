@@ -988,17 +988,7 @@ mod azure {
 
         azurite.create_container("opsdata");
         let config = AzureBlobConfig::emulator(&azurite.url, "opsdata");
-        let raw_azure = object_store::azure::MicrosoftAzureBuilder::new()
-            .with_account("devstoreaccount1")
-            .with_container_name("opsdata")
-            .with_access_key(
-                "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-            )
-            .with_endpoint(format!("{}/devstoreaccount1", azurite.url))
-            .with_allow_http(true)
-            .build()
-            .unwrap();
-        let raw = Raw::new(Arc::new(raw_azure));
+        let raw = Raw::new(azurite.raw_store("opsdata"));
         check_behaviour(
             &|| {
                 ObjectStoreBlobs::azure(&config)
@@ -1023,17 +1013,7 @@ mod azure {
         ));
         // The planner lease on Azure's ETags (a client made on this
         // runtime).
-        let azure = object_store::azure::MicrosoftAzureBuilder::new()
-            .with_account("devstoreaccount1")
-            .with_container_name("opsdata")
-            .with_access_key(
-                "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-            )
-            .with_endpoint(format!("{}/devstoreaccount1", azurite.url))
-            .with_allow_http(true)
-            .build()
-            .unwrap();
-        rt.block_on(check_lease(Arc::new(azure), "leases/planner"));
+        rt.block_on(check_lease(azurite.raw_store("opsdata"), "leases/planner"));
         eprintln!("azurite_backend done in {:.1?}", started.elapsed());
     }
 }

@@ -66,16 +66,7 @@ fn policy() -> RotationPolicy {
 }
 
 fn raw_store(url: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        object_store::azure::MicrosoftAzureBuilder::new()
-            .with_account("devstoreaccount1")
-            .with_container_name(CONTAINER)
-            .with_access_key(azurite_support::ACCOUNT_KEY)
-            .with_endpoint(format!("{url}/devstoreaccount1"))
-            .with_allow_http(true)
-            .build()
-            .unwrap(),
-    )
+    azurite_support::raw_store(url, CONTAINER)
 }
 
 /// One node: run by `three_nodes_over_azurite_with_a_node_killed` in a

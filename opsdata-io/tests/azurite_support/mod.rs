@@ -227,6 +227,12 @@ impl Azurite {
     /// node script (node is there: it runs Azurite) sends the Create
     /// Container request signed with the well-known account key (Shared
     /// Key), with node's own http and crypto modules.
+    /// An `object_store` client for `container` of this Azurite, made on
+    /// the calling runtime.
+    pub fn raw_store(&self, container: &str) -> Arc<dyn object_store::ObjectStore> {
+        raw_store(&self.url, container)
+    }
+
     pub fn create_container(&self, container: &str) {
         const SCRIPT: &str = r#"
 const http = require('http'), crypto = require('crypto');
@@ -259,4 +265,18 @@ req.end();
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// An `object_store` client for `container` of the Azurite at `url`.
+pub fn raw_store(url: &str, container: &str) -> Arc<dyn object_store::ObjectStore> {
+    Arc::new(
+        object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account("devstoreaccount1")
+            .with_container_name(container)
+            .with_access_key(ACCOUNT_KEY)
+            .with_endpoint(format!("{url}/devstoreaccount1"))
+            .with_allow_http(true)
+            .build()
+            .unwrap(),
+    )
 }
