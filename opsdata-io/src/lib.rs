@@ -91,8 +91,8 @@ pub use identity::{Timeouts, TlsError, TlsIdentity, load_certificates};
 pub use lease::{Lease, LeaseError, LeaseRecord, LeaseState};
 pub use ringstore::{AsyncKeyStore, ObjectStoreKeyStore, RingStoreError};
 pub use service::{
-    ClientAuth, IngestService, PeerCertificates, ReadError, ServeConfig, ServeError,
-    ServiceBuilder, ServiceLimits, serve, serve_app,
+    ClientAuth, IngestService, PeerCertificates, PlannerError, ReadError, RetentionRun,
+    ServeConfig, ServeError, ServiceBuilder, ServiceLimits, serve, serve_app,
 };
 pub use spool::{
     CHECKPOINT_LEN, CHECKPOINT_MAGIC, Corruption, DamagedFrame, DamagedRange, FileSpool,

@@ -39,12 +39,14 @@ mod config;
 mod http;
 mod ingest;
 mod metrics;
+mod planner;
 mod rings;
 mod serve;
 mod tenants;
 
 pub use config::ServiceLimits;
 pub use http::{ClientAuth, PeerCertificates};
+pub use planner::{PlannerError, RetentionRun};
 pub use serve::{ServeConfig, ServeError, serve, serve_app};
 
 use metrics::Metrics;

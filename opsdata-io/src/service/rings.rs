@@ -300,6 +300,49 @@ pub(crate) async fn ring_ready(
     ))
 }
 
+/// Applies `change` to `tenant`'s stored ring: read, change the copy
+/// (`change` answers whether it changed anything), write only if the
+/// stored version is still the one read; a conflict reads again and redoes
+/// the change, at most [`MAX_ATTEMPTS`] times. The caller holds the
+/// tenant's ring lock.
+pub(crate) async fn update_stored_ring(
+    slot: &TenantSlot,
+    tenant: TenantId,
+    vault: &KeyVault,
+    mut change: impl FnMut(&mut KeyRing) -> Result<bool, String>,
+) -> Result<(), RingError> {
+    let keys = |what: &str, e: &dyn fmt::Display| RingError::Keys(format!("{what}: {e}"));
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((bytes, version)) = vault
+            .store
+            .read(tenant)
+            .await
+            .map_err(|e| keys("reading the key ring", &e))?
+        else {
+            return Err(RingError::NoRing);
+        };
+        let mut ring = KeyRing::from_sealed(&bytes, tenant, &vault.wrapping)
+            .map_err(|e| keys("loading the key ring", &e))?;
+        if !change(&mut ring).map_err(RingError::Keys)? {
+            return Ok(());
+        }
+        let sealed = {
+            let mut st = lock(&slot.state);
+            ring.to_sealed(&vault.wrapping, &mut *st.entropy)
+                .map_err(|e| keys("sealing the key ring", &e))?
+        };
+        let versioned = version.is_some();
+        match vault.store.write(tenant, sealed, version, versioned).await {
+            Ok(_) => return Ok(()),
+            Err(CasError::Conflict) => {}
+            Err(e) => return Err(keys("writing the key ring", &e)),
+        }
+    }
+    Err(RingError::Keys(format!(
+        "the key ring changed under each of {MAX_ATTEMPTS} writes"
+    )))
+}
+
 /// A ring change to write, computed from what the store holds.
 pub(crate) struct Planned {
     /// The ring to seal from once the write (if any) succeeded.

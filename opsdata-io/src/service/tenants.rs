@@ -202,6 +202,15 @@ impl TenantState {
         })
     }
 
+    /// Drops this node's copy of the ring (and the rest of its block): the
+    /// next frame reads the stored one.
+    pub(crate) fn forget_ring(&mut self) {
+        self.ring = None;
+        self.version = None;
+        self.refreshed = None;
+        self.reserve_refused = false;
+    }
+
     /// Takes `ring`, now stored at `version` (or read at it), as the ring
     /// to seal from, keeping this node's unused block unless `ring` holds
     /// a new one.
