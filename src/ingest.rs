@@ -569,6 +569,12 @@ impl Ingest {
         }
         let sealed = match seal(&frame, ring, entropy, now) {
             Ok(s) => s,
+            // The workspace was purged and its keys shredded: its data can
+            // never be stored, so the agent must not retry it forever.
+            Err(e @ KeyError::Shredded { .. }) => {
+                self.stats.entry(tenant).or_default().rejected += 1;
+                return answer(Outcome::Rejected, Some(e.into()));
+            }
             // The service cannot seal (no key yet, a key used up): the data
             // is fine, so the agent should try again later.
             Err(e) => return answer(Outcome::Transient, Some(e.into())),

@@ -283,6 +283,34 @@ fn bad_records_are_rejected_and_a_missing_key_is_transient() {
     assert!(ingest.poll_store().is_none());
 }
 
+/// A purged workspace's ring is shredded: its frames can never be stored,
+/// so they are rejected (the agent drops them and reports the loss)
+/// instead of answered transient and retried forever.
+#[test]
+fn regression_a_frame_for_a_shredded_ring_is_rejected_not_retried() {
+    let mut ingest = Ingest::new(IngestConfig::default());
+    let mut e = DeterministicEntropy::from_u64(4);
+    let policy = RotationPolicy::default();
+    let mut shredded = ring(a(), 3);
+    shredded.close(&policy, t0()).unwrap();
+    let _receipt = shredded.shred(t0() + policy.shred_after_close()).unwrap();
+    let f = frame(a(), DataType::Event, 11);
+    let r = ingest
+        .handle_request(t0(), &principal(a()), &mut shredded, &mut e, f.as_bytes())
+        .unwrap();
+    assert_eq!(r.answers[0].outcome, Outcome::Rejected);
+    assert!(
+        matches!(
+            r.answers[0].error,
+            Some(IngestError::Key(opsdata::KeyError::Shredded { .. }))
+        ),
+        "{:?}",
+        r.answers[0].error
+    );
+    assert_eq!(ingest.stats(a()).rejected, 1);
+    assert!(ingest.poll_store().is_none());
+}
+
 #[test]
 fn the_rate_limit_throttles_with_a_retry_after() {
     let content = u64::from(frame(a(), DataType::Performance, 1).header().content_len);

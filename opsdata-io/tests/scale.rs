@@ -460,19 +460,17 @@ async fn one_node_at_a_time_runs_retention_and_running_it_again_changes_nothing(
     let again = runs[1];
     assert_eq!((again.objects, again.deleted), (0, 0), "{again}");
     assert!(stored_ring(&keys, b).shredded().is_some());
-    // A frame for the purged workspace is not stored: its keys are gone
-    // (answered transient today: see the closing note of issue 14).
-    let mut c = Client::connect(running[0].addr, pki.client(Some(&pki.agent(WS_B)), b"h2"))
-        .await
-        .unwrap();
-    let r = c.post(body(&[frame(b, 1)])).await.unwrap();
-    assert_ne!(r.status, hyper::StatusCode::OK);
-    assert!(
-        acks(&r.body)
-            .iter()
-            .all(|a| a.outcome != Outcome::Delivered)
-    );
+    // A frame for the purged workspace is not stored: its keys are gone,
+    // and it is rejected (never retried), not answered transient.
+    let acks = post(running[0].addr, &pki, &pki.agent(WS_B), &[frame(b, 1)]).await;
+    assert_eq!(acks[0].outcome, Outcome::Rejected);
     assert_eq!(blobs.count(b), 0);
+    assert!(
+        metric(
+            &nodes[0].metrics_text(),
+            "opsdata_frames_rejected_total{reason=\"purged\"}"
+        ) >= 1.0
+    );
     for r in running {
         r.shutdown().await;
     }

@@ -104,6 +104,7 @@ fn rejected_reason(e: Option<&IngestError>) -> &'static str {
         Some(IngestError::Record { .. }) => "invalid_records",
         Some(IngestError::TenantMismatch { .. }) => "tenant_mismatch",
         Some(IngestError::Key(KeyError::AlreadySealed)) => "sealed",
+        Some(IngestError::Key(KeyError::Shredded { .. })) => "purged",
         Some(IngestError::Frame(_)) => "bad_payload",
         _ => "other",
     }
