@@ -13,6 +13,7 @@ use crate::frame::{
 
 /// What [`Outbox::recover`] found in the spool.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct RecoveryReport {
     /// Frames held by the outbox once recovery is done.
     pub recovered: usize,
