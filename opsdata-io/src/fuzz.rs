@@ -20,10 +20,13 @@ use opsdata::{
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
+
+mod http;
 use crate::spool::{
     FileSpool, SPOOL_KEY_LEN, SpoolConfig, SpoolError, SpoolKeyBytes, SpoolKeyError, SpoolKeyStore,
     SpoolProtection, SpoolRecovery,
 };
+pub use http::{WORKSPACE, http_request, http_request_seeds};
 
 // ---------------------------------------------------------------------------
 // spool_recovery
