@@ -335,8 +335,9 @@ fn segment_bytes_on_disk(dir: &Path) -> u64 {
 /// segments, and comes once; the report adds up (frames and held bytes
 /// as loaded, disk bytes as on disk, skipped bytes as the ranges, losses
 /// the lost damaged frames, none of them recovered); each operation does
-/// what it says (`persist` may only be refused as `Full`, and then
-/// changes nothing); and a reopen finds exactly the frames held, in
+/// what it says (`persist` may only be refused as `Full`, and either may
+/// be refused for a segment number past `u64::MAX`, and then changes
+/// nothing); and a reopen finds exactly the frames held, in
 /// order, with nothing damaged, torn or moved aside.
 pub fn spool_recovery(data: &[u8]) {
     let Some((flags, files, ops)) = spool_split(data) else {
@@ -373,6 +374,9 @@ pub fn spool_recovery(data: &[u8]) {
             }
             return;
         }
+        // A valid checkpoint may name a first segment so high that no
+        // segment can follow it: documented, refused with this error.
+        Err(SpoolError::SegmentNumbersExhausted { .. }) => return,
         Err(e) => panic!("open failed on damaged contents: {e:?}"),
     };
 
@@ -451,7 +455,7 @@ pub fn spool_recovery(data: &[u8]) {
                         model.retain(|(m, _)| *m != id);
                         model.push((id, frame.into_bytes()));
                     }
-                    Err(SpoolError::Full { .. }) => {}
+                    Err(SpoolError::Full { .. } | SpoolError::SegmentNumbersExhausted { .. }) => {}
                     Err(e) => panic!("persist failed: {e:?}"),
                 }
             }
@@ -462,8 +466,13 @@ pub fn spool_recovery(data: &[u8]) {
                 } else {
                     model[usize::from(arg) % model.len()].0
                 };
-                spool.remove(id).expect("remove");
-                model.retain(|(m, _)| *m != id);
+                match spool.remove(id) {
+                    Ok(()) => model.retain(|(m, _)| *m != id),
+                    // Its markers need a segment past the last: the frame
+                    // stays stored.
+                    Err(SpoolError::SegmentNumbersExhausted { .. }) => {}
+                    Err(e) => panic!("remove failed: {e:?}"),
+                }
             }
             2 => {
                 let now = spool_load(&mut spool, &limits);
