@@ -70,6 +70,12 @@
 mod agent;
 mod blobs;
 mod clock;
+// The fuzz targets' logic: only with the `fuzzing` feature, so users'
+// builds never compile it (fuzz/Cargo.toml and tests/fuzz_corpus.rs enable
+// it).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod identity;
 mod lease;
 mod ringstore;

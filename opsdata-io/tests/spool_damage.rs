@@ -368,3 +368,25 @@ fn damage_in_several_segments_loses_only_the_frames_hit() {
     let want: Vec<u64> = (0..60).filter(|n| !hit.contains(n)).collect();
     assert_eq!(got, want, "every other frame, in order");
 }
+
+/// Found by the `spool_recovery` fuzz target: an empty last segment (a
+/// crash between creating a segment file and writing its header) was kept
+/// at length 0, so the next frame was appended where the header belongs,
+/// and the reopen after it took the frame for a bad header and lost it.
+#[test]
+fn empty_last_segment_loses_next_frame() {
+    let d = dir("empty-last-segment");
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("seg-0000000000000000.log"), b"").unwrap();
+    let (mut spool, found) = FileSpool::open(&d, config()).unwrap();
+    assert_eq!((found.frames, found.torn_bytes), (0, 0));
+    let f = tiny(1);
+    spool.persist(f.batch_id(), &f).unwrap();
+    drop(spool);
+    let (mut spool, found) = FileSpool::open(&d, config()).unwrap();
+    assert!(found.moved_aside.is_empty(), "{found:?}");
+    assert_eq!((found.frames, found.bytes_skipped), (1, 0));
+    let mut loaded = Vec::new();
+    spool.load(&mut |b| loaded.push(b)).unwrap();
+    assert_eq!(loaded, vec![f.as_bytes().clone()]);
+}

@@ -442,7 +442,11 @@ impl FileSpool {
                     None => break,
                 }
             }
-            if end < file_len {
+            // `end == 0`: the last segment holds not even a whole header,
+            // an empty file included (a crash between creating a segment
+            // and writing its header): its header is written afresh, or
+            // the next append would land where the header belongs.
+            if end < file_len || end == 0 {
                 report.torn_bytes += file_len - end;
                 let f = OpenOptions::new()
                     .write(true)
