@@ -258,7 +258,22 @@ impl<B: AsyncBlobStore> Connection<B> {
         let idle = limits.idle_timeout;
         let mut tick = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(10)));
         loop {
+            // Biased, the close signals first: a request that asks for the
+            // connection to be closed (an expired certificate) notifies
+            // before its response is written, so the shutdown (HTTP/2
+            // `GOAWAY`) starts before the client can send another request
+            // on it. Unbiased, the connection could be polled first and
+            // accept that request.
             tokio::select! {
+                biased;
+                () = close.notified(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = self.stop.wait_for(|s| *s), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
                 _ = tick.tick(), if !closing => {
                     if activity.idle_for() >= idle {
                         debug!(%peer, "idle connection shut down");
@@ -271,14 +286,6 @@ impl<B: AsyncBlobStore> Connection<B> {
                         debug!(%peer, error = %e, "connection ended");
                     }
                     break;
-                }
-                () = close.notified(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = self.stop.wait_for(|s| *s), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
                 }
             }
         }
