@@ -203,6 +203,40 @@ impl Scan {
     }
 }
 
+/// How many times [`take_lock`] tries, and how long it waits before each
+/// retry: [`LOCK_ATTEMPTS`] − 1 waits of [`LOCK_RETRY`], 50 ms in all.
+const LOCK_ATTEMPTS: u32 = 11;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Takes the spool directory's exclusive lock (`flock`), or answers
+/// [`SpoolError::Locked`].
+///
+/// A lock can outlive the spool that held it for a moment: closing a file
+/// releases its lock only when the last reference to the open file goes,
+/// and a process reading this one's `/proc/<pid>/fd` links (`lsof`,
+/// monitoring agents) holds such a reference while it reads. A spool
+/// reopened right after it was dropped would then be refused. The lock is
+/// tried again for 50 ms before the answer is `Locked`: a spool really
+/// open elsewhere holds it for longer.
+fn take_lock(lock: &File, lock_path: &Path, dir: &Path) -> Result<(), SpoolError> {
+    let mut attempt = 1;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if attempt < LOCK_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", lock_path)(e)),
+        }
+    }
+}
+
 impl FileSpool {
     /// Opens (or creates) the spool in `dir` and recovers it: reads every
     /// segment from the checkpoint on, one entry at a time; cuts an
@@ -214,7 +248,8 @@ impl FileSpool {
     ///
     /// # Errors
     ///
-    /// [`SpoolError::Locked`] if another spool has `dir` open;
+    /// [`SpoolError::Locked`] if another spool has `dir` open (tried for
+    /// 50 ms first: a lock can outlive a dropped spool for a moment);
     /// [`SpoolError::ProtectionRequired`] if the spool is sealed at rest
     /// (open it with [`open_protected`](Self::open_protected));
     /// [`SpoolError::Io`] / [`SpoolError::DiskFull`] if a file cannot be
@@ -273,11 +308,7 @@ impl FileSpool {
             .write(true)
             .open(&lock_path)
             .map_err(io_error("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir }),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
-        }
+        take_lock(&lock, &lock_path, &dir)?;
         // The key first: a missing or wrong one changes nothing.
         let opened = match protection {
             Some(p) => Some(protect::Protected::resolve(&dir, &config, p)?),
