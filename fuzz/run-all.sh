@@ -7,8 +7,9 @@
 # Needs `cargo install cargo-fuzz` and a nightly toolchain (`rustup
 # toolchain install nightly`). Each target starts from, and adds what it
 # finds to, fuzz/corpus/<target> (or $CORPUS_ROOT/<target>: point it at a
-# copy to leave the committed corpora alone). Minimize a grown corpus
-# before committing it: `cargo +nightly fuzz cmin <target>`. A crash stops
+# copy to leave the committed corpora alone). Add what a grown copy found
+# to the committed corpus with `fuzz/minimize.sh <target> <copy>` (the
+# fewest inputs that reach every new edge). A crash stops
 # its target with the reproducer in fuzz/artifacts/<target>/; copy it to
 # fuzz/regressions/<target>/ with the fix, so that
 # `cargo test -p opsdata --features fuzzing --test fuzz_corpus` (or
