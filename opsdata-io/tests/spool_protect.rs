@@ -309,6 +309,75 @@ fn rotation_keeps_frames_of_both_keys_readable_and_retires_the_old_key_when_none
     assert_eq!(load(&mut spool), rest);
 }
 
+/// Found by `spool_recovery` (fuzz): a sealed frame that passes every
+/// check of the frame format but does not open under its key ring (here:
+/// the directory's `SPOOLKEY` replaced by another spool's, same spool key,
+/// other rings) was accepted by recovery, and then every `load` failed
+/// with `Tampered`: the agent could recover nothing. Now recovery opens
+/// each sealed frame and reports one that does not open as a lost damaged
+/// frame; the rest loads.
+#[test]
+fn regression_a_sealed_frame_that_does_not_open_is_a_reported_loss_not_a_failed_load() {
+    let base = dir("unopenable");
+    let (d, other, key) = (
+        base.join("spool"),
+        base.join("other"),
+        base.join("spool.key"),
+    );
+    let plain_frames: Vec<Frame> = (0..3).map(|n| secret(n, 1)).collect();
+    let sealed_frames: Vec<Frame> = (3..6).map(|n| secret(n, 2)).collect();
+    {
+        let plain = config().with_sealed_at_rest(false).unwrap();
+        let (mut spool, _) = FileSpool::open(&d, plain).unwrap();
+        for f in &plain_frames {
+            spool.persist(f.batch_id(), f).unwrap();
+        }
+    }
+    {
+        let (mut spool, _) = FileSpool::open_protected(&d, config(), protection(&key)).unwrap();
+        for f in &sealed_frames {
+            spool.persist(f.batch_id(), f).unwrap();
+        }
+        let (mut spool2, _) =
+            FileSpool::open_protected(&other, config(), protection(&key)).unwrap();
+        let f = secret(9, 1);
+        spool2.persist(f.batch_id(), &f).unwrap();
+    }
+    fs::copy(other.join("SPOOLKEY"), d.join("SPOOLKEY")).unwrap();
+
+    let (mut spool, rec) = FileSpool::open_protected(&d, config(), protection(&key)).unwrap();
+    let lost: Vec<BatchId> = rec
+        .damaged_frames
+        .iter()
+        .filter(|f| f.lost)
+        .map(|f| f.batch_id)
+        .collect();
+    let want: Vec<BatchId> = sealed_frames.iter().map(Frame::batch_id).collect();
+    assert_eq!(lost, want, "each sealed frame reported lost");
+    for (d, f) in rec.damaged_frames.iter().zip(&sealed_frames) {
+        assert_eq!(
+            (d.tenant, d.data_type, d.records),
+            (tenant(), DataType::Performance, 2)
+        );
+        // Sealing adds the seal section and the body's tag.
+        let sealed_len = f.len() + opsdata::SEAL_SECTION_LEN + 16;
+        assert_eq!(d.bytes, sealed_len as u64, "the sealed frame's length");
+    }
+    assert_eq!(rec.losses().count(), 3);
+    assert_eq!(rec.frames, 3);
+    let plain: Vec<_> = plain_frames.iter().map(|f| f.as_bytes().clone()).collect();
+    assert_eq!(load(&mut spool), plain, "the intact frames load");
+    // New frames seal and load; a reopen finds nothing more to report.
+    let f = secret(10, 1);
+    spool.persist(f.batch_id(), &f).unwrap();
+    drop(spool);
+    let (mut spool, rec) = FileSpool::open_protected(&d, config(), protection(&key)).unwrap();
+    assert!(rec.damaged_frames.is_empty(), "{rec:?}");
+    let mut all = plain;
+    all.push(f.as_bytes().clone());
+    assert_eq!(load(&mut spool), all);
+}
+
 #[test]
 fn turning_protection_on_converts_nothing_and_seals_what_comes_after() {
     let base = dir("turn-on");

@@ -203,6 +203,58 @@ impl Scan {
     }
 }
 
+impl FileSpool {
+    /// Opens every sealed frame held, and removes (with a marker) those
+    /// that do not open under their tenant's key ring: damage their checks
+    /// could not see (a `SPOOLKEY` from another history of the directory,
+    /// a frame sealed under a key its ring no longer holds). Each is a
+    /// lost [`DamagedFrame`] in `report`. Found here, not at
+    /// [`load`](Spool::load), where one such frame would fail every load.
+    fn remove_unopenable(&mut self, report: &mut SpoolRecovery) -> Result<(), SpoolError> {
+        if self.protection.is_none() {
+            return Ok(());
+        }
+        let sealed: Vec<(BatchId, Loc)> = self
+            .index
+            .iter()
+            .filter(|(_, loc)| loc.kek.is_some())
+            .map(|(id, loc)| (*id, *loc))
+            .collect();
+        for (id, loc) in sealed {
+            let bytes = self.read_entry(loc)?;
+            let limits = self.config.limits;
+            let Some(p) = self.protection.as_ref() else {
+                break;
+            };
+            // The entry passed every check of the frame format at the
+            // scan, so its header is readable.
+            let header = Frame::decode(Bytes::from(bytes.clone()), &limits)
+                .map(|f| (f.tenant(), f.data_type(), f.header().record_count));
+            match p.open(bytes, &limits) {
+                Ok(_) => {}
+                Err(SpoolError::Key(_)) => {
+                    let Ok((tenant, data_type, records)) = header else {
+                        continue;
+                    };
+                    self.remove(id)?;
+                    report.damaged_frames.push(DamagedFrame {
+                        batch_id: id,
+                        tenant,
+                        data_type,
+                        segment: loc.seg,
+                        offset: loc.offset,
+                        records,
+                        bytes: loc.frame_len,
+                        lost: true,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How many times [`take_lock`] tries, and how long it waits before each
 /// retry: [`LOCK_ATTEMPTS`] − 1 waits of [`LOCK_RETRY`], 50 ms in all.
 const LOCK_ATTEMPTS: u32 = 11;
@@ -651,6 +703,7 @@ impl FileSpool {
         let first_live = *spool.segs.keys().next().unwrap_or(&spool.tail_seg);
         spool.write_checkpoint(first_live)?;
         spool.start_protection(new_keys)?;
+        spool.remove_unopenable(&mut report)?;
         // Recovery reads every segment anyway: compaction is not limited.
         spool.maintain(u64::MAX)?;
 
