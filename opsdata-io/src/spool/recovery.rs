@@ -322,7 +322,9 @@ impl FileSpool {
     /// format, AES-256-GCM, a fresh data key per frame) under its tenant's
     /// spool key ring, itself sealed under the spool key in `SPOOLKEY`;
     /// [`load`](Spool::load) opens them. The key is checked before anything
-    /// in the directory is touched. A spool with no key yet gets one: made
+    /// in the directory is touched. Recovery opens every sealed frame held:
+    /// one that does not open under its ring is removed and reported as a
+    /// lost [`DamagedFrame`]. A spool with no key yet gets one: made
     /// from the system's randomness and put in the store. Frames already in
     /// an unprotected spool are kept as they are (not converted), loaded as
     /// they are, and counted in [`KeyReport::unsealed_frames`] until they
