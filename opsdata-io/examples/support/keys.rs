@@ -35,16 +35,30 @@ impl FileKeyStore {
             .truncate(false)
             .write(true)
             .open(dir.join(".lock"))?;
-        if let Err(e) = lock.try_lock() {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "{} is used by another service node: this file key store has no \
-                     compare-and-swap, so it serves one node (run several over Azure \
-                     with --shared-keys; docs/SCALE.md): {e}",
-                    dir.display()
-                ),
-            ));
+        // Tried for 50 ms, as the spool does: a closed file's lock lasts
+        // while another process reads our /proc/<pid>/fd, so a node
+        // restarted right after its predecessor exited could be refused.
+        let mut tries = 1;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if tries < 11 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} is used by another service node: this file key store has no \
+                             compare-and-swap, so it serves one node (run several over Azure \
+                             with --shared-keys; docs/SCALE.md)",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
         }
         Ok(FileKeyStore {
             dir: dir.to_path_buf(),
