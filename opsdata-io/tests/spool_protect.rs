@@ -362,6 +362,17 @@ fn regression_a_sealed_frame_that_does_not_open_is_a_reported_loss_not_a_failed_
         // Sealing adds the seal section and the body's tag.
         let sealed_len = f.len() + opsdata::SEAL_SECTION_LEN + 16;
         assert_eq!(d.bytes, sealed_len as u64, "the sealed frame's length");
+        let segment = fs::read(
+            base.join("spool")
+                .join(format!("seg-{:016x}.log", d.segment)),
+        )
+        .unwrap();
+        let at = usize::try_from(d.offset).unwrap();
+        assert_eq!(
+            segment[at..at + 4],
+            opsdata::FRAME_MAGIC,
+            "the offset is the frame's"
+        );
     }
     assert_eq!(rec.losses().count(), 3);
     assert_eq!(rec.frames, 3);

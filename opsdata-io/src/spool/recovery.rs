@@ -226,8 +226,9 @@ impl FileSpool {
             let Some(p) = self.protection.as_ref() else {
                 break;
             };
-            // The entry passed every check of the frame format at the
-            // scan, so its header is readable.
+            // The scan decoded this entry with these limits (every check
+            // of the frame format), so its header is readable: the
+            // `continue` below is not taken.
             let header = Frame::decode(Bytes::from(bytes.clone()), &limits)
                 .map(|f| (f.tenant(), f.data_type(), f.header().record_count));
             match p.open(bytes, &limits) {
@@ -242,7 +243,8 @@ impl FileSpool {
                         tenant,
                         data_type,
                         segment: loc.seg,
-                        offset: loc.offset,
+                        // Where its entry starts: its move record, if any.
+                        offset: loc.offset - (loc.entry_len - loc.frame_len),
                         records,
                         bytes: loc.frame_len,
                         lost: true,
