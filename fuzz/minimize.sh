@@ -25,7 +25,7 @@ dirs=()
 for d in "$@"; do
     dirs+=("$(cd "$d" && pwd)")
 done
-read -r -a no_sanitizer <<< "${NO_SANITIZER-outbox_ops spool_recovery}"
+read -r -a no_sanitizer <<< "${NO_SANITIZER-outbox_ops spool_recovery http_request}"
 sanitizer=()
 if [[ " ${no_sanitizer[*]} " == *" $target "* ]]; then
     sanitizer=(--sanitizer none)

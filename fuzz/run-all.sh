@@ -15,13 +15,14 @@
 # `cargo test -p opsdata --features fuzzing --test fuzz_corpus` (or
 # `-p opsdata-io`, for its targets) replays it.
 #
-# Targets named in $NO_SANITIZER (default: outbox_ops spool_recovery) are
-# built and run with `--sanitizer none`, after the others (switching
-# rebuilds): the crates are `#![forbid(unsafe_code)]`, so AddressSanitizer
-# only watches their dependencies, and it costs outbox_ops
-# (allocation-heavy) about 3.8x, 1 205 executions/s with it and 4 587
-# without, and spool_recovery (file-heavy) 7x, 322 against 2 362 (README,
-# Fuzzing). The summary says which ran without.
+# Targets named in $NO_SANITIZER (default: outbox_ops spool_recovery
+# http_request) are built and run with `--sanitizer none`, after the others
+# (switching rebuilds): the crates are `#![forbid(unsafe_code)]`, so
+# AddressSanitizer only watches their dependencies, and it costs
+# outbox_ops (allocation-heavy) about 3.8x, 1 205 executions/s with it and
+# 4 587 without, spool_recovery (file-heavy) 7x, 322 against 2 362, and
+# http_request (the whole service per request) 16x, 392 against 6 100
+# (README, Fuzzing). The summary says which ran without.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -37,7 +38,7 @@ else
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 corpus_root=${CORPUS_ROOT:-corpus}
-read -r -a no_sanitizer <<< "${NO_SANITIZER-outbox_ops spool_recovery}"
+read -r -a no_sanitizer <<< "${NO_SANITIZER-outbox_ops spool_recovery http_request}"
 # The sanitized targets first, then the others: one switch, one rebuild.
 plain=()
 ordered=()
