@@ -110,7 +110,7 @@ fn paging_token_seed_corpus_is_current() {
     let mut names: Vec<String> = seeds.iter().map(|(n, _)| (*n).to_owned()).collect();
     names.sort();
     // Besides the generated seeds, the corpus holds inputs the fuzzer found
-    // (`cargo fuzz cmin`), named by libFuzzer after their SHA-1; any other
+    // (`fuzz/minimize.sh`), named by libFuzzer after their SHA-1; any other
     // name is a generated seed that is no longer generated.
     let found_by_fuzzer = |n: &String| n.len() == 40 && n.bytes().all(|b| b.is_ascii_hexdigit());
     let generated: Vec<String> = on_disk
