@@ -794,7 +794,7 @@ impl Spool for FileSpool {
         for loc in locs {
             let bytes = self.read_entry(loc)?;
             match (&self.protection, loc.kek) {
-                (Some(p), Some(_)) => sink(p.open(bytes, &self.config.limits)?),
+                (Some(p), Some(_)) => sink(p.open(Bytes::from(bytes), &self.config.limits)?),
                 _ => sink(Bytes::from(bytes)),
             }
         }

@@ -357,9 +357,9 @@ impl Protected {
     }
 
     /// Opens a frame the spool sealed.
-    pub(super) fn open(&self, bytes: Vec<u8>, limits: &FrameLimits) -> Result<Bytes, SpoolError> {
-        let frame = Frame::decode(Bytes::from(bytes), limits)
-            .map_err(|e| SpoolError::Key(KeyError::Frame(e)))?;
+    pub(super) fn open(&self, bytes: Bytes, limits: &FrameLimits) -> Result<Bytes, SpoolError> {
+        let frame =
+            Frame::decode(bytes, limits).map_err(|e| SpoolError::Key(KeyError::Frame(e)))?;
         let tenant = frame.tenant();
         let ring = self.rings.get(&tenant).ok_or_else(|| {
             SpoolError::Key(KeyError::UnknownKey {

@@ -221,22 +221,25 @@ impl FileSpool {
             .map(|(id, loc)| (*id, *loc))
             .collect();
         for (id, loc) in sealed {
-            let bytes = self.read_entry(loc)?;
+            let bytes = Bytes::from(self.read_entry(loc)?);
             let limits = self.config.limits;
             let Some(p) = self.protection.as_ref() else {
                 break;
             };
-            // The scan decoded this entry with these limits (every check
-            // of the frame format), so its header is readable: the
-            // `continue` below is not taken.
-            let header = Frame::decode(Bytes::from(bytes.clone()), &limits)
-                .map(|f| (f.tenant(), f.data_type(), f.header().record_count));
-            match p.open(bytes, &limits) {
+            match p.open(bytes.clone(), &limits) {
                 Ok(_) => {}
                 Err(SpoolError::Key(_)) => {
-                    let Ok((tenant, data_type, records)) = header else {
+                    // The scan decoded this entry with these limits (every
+                    // check of the frame format), so its header is
+                    // readable: the `continue` is not taken.
+                    let Ok(frame) = Frame::decode(bytes, &limits) else {
                         continue;
                     };
+                    let (tenant, data_type, records) = (
+                        frame.tenant(),
+                        frame.data_type(),
+                        frame.header().record_count,
+                    );
                     self.remove(id)?;
                     report.damaged_frames.push(DamagedFrame {
                         batch_id: id,
