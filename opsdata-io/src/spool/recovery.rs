@@ -210,6 +210,10 @@ impl FileSpool {
     /// a frame sealed under a key its ring no longer holds). Each is a
     /// lost [`DamagedFrame`] in `report`. Found here, not at
     /// [`load`](Spool::load), where one such frame would fail every load.
+    ///
+    /// The markers are synced before the report is returned, whatever
+    /// `sync_removals` says: a marker lost to a power failure would bring
+    /// the frame back, and its loss would be reported a second time.
     fn remove_unopenable(&mut self, report: &mut SpoolRecovery) -> Result<(), SpoolError> {
         if self.protection.is_none() {
             return Ok(());
@@ -220,6 +224,7 @@ impl FileSpool {
             .filter(|(_, loc)| loc.kek.is_some())
             .map(|(id, loc)| (*id, *loc))
             .collect();
+        let mut removed = false;
         for (id, loc) in sealed {
             let bytes = Bytes::from(self.read_entry(loc)?);
             let limits = self.config.limits;
@@ -241,6 +246,7 @@ impl FileSpool {
                         frame.header().record_count,
                     );
                     self.remove(id)?;
+                    removed = true;
                     report.damaged_frames.push(DamagedFrame {
                         batch_id: id,
                         tenant,
@@ -255,6 +261,9 @@ impl FileSpool {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if removed && self.tail_unsynced {
+            self.sync_tail()?;
         }
         Ok(())
     }

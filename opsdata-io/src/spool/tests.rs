@@ -337,3 +337,45 @@ fn resync_reads_each_byte_a_bounded_number_of_times() {
     );
     let _ = fs::remove_dir_all(&d);
 }
+
+#[test]
+fn regression_the_markers_of_frames_that_do_not_open_are_synced_before_they_are_reported() {
+    // Removal markers are not synced by default (`sync_removals`): a
+    // marker lost to a power failure only brings a frame back. For a
+    // frame recovery reports lost because it does not open, it would
+    // also be reported lost a second time, so recovery syncs them.
+    let base = test_dir("unopenable-sync");
+    fs::create_dir_all(&base).unwrap();
+    let (d, other, key) = (
+        base.join("spool"),
+        base.join("other"),
+        base.join("spool.key"),
+    );
+    let clock: crate::Clock =
+        std::sync::Arc::new(|| chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+    let protection = || SpoolProtection::new(KeyFileStore::new(&key), clock.clone());
+    let sealed = config().with_sealed_at_rest(true).unwrap();
+    assert!(!sealed.sync_removals(), "the default this test is about");
+    {
+        let (mut spool, _) = FileSpool::open_protected(&d, sealed, protection()).unwrap();
+        for n in 1..=3 {
+            let f = frame(n);
+            spool.persist(f.batch_id(), &f).unwrap();
+        }
+        let (mut spool2, _) = FileSpool::open_protected(&other, sealed, protection()).unwrap();
+        let f = frame(9);
+        spool2.persist(f.batch_id(), &f).unwrap();
+    }
+    // Another history's SPOOLKEY under the same store key: the rings
+    // open, the frames sealed under this spool's rings do not.
+    fs::copy(other.join("SPOOLKEY"), d.join("SPOOLKEY")).unwrap();
+    let (spool, rec) = FileSpool::open_protected(&d, sealed, protection()).unwrap();
+    assert_eq!(rec.losses().count(), 3, "{rec:?}");
+    assert_eq!(spool.index.len(), 0);
+    assert!(
+        !spool.tail_unsynced,
+        "the markers are synced before the losses are reported"
+    );
+    drop(spool);
+    let _ = fs::remove_dir_all(&base);
+}
