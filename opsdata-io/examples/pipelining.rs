@@ -20,9 +20,8 @@
 // An example may read the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-#[allow(dead_code)]
-#[path = "support/pki.rs"]
-mod pki;
+#[path = "../tests/pki_support/mod.rs"]
+mod pki_support;
 #[path = "support/proxy.rs"]
 mod proxy;
 #[allow(dead_code)]

@@ -2,8 +2,10 @@
 //! counter name carries a sequence number, codec none so sizes are exact.
 #![allow(dead_code)]
 
-#[path = "../../examples/support/pki.rs"]
-pub mod pki;
+#[path = "../pki_support/mod.rs"]
+pub mod pki_support;
+#[allow(unused_imports)]
+pub use pki_support::pki;
 pub mod server;
 
 use chrono::{DateTime, TimeZone, Utc};

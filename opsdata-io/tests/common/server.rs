@@ -29,62 +29,15 @@ use opsdata::{
     Ingest, IngestConfig, KeyRing, MemoryBlobStore, Outcome, Principal, RotationPolicy, TenantId,
     apply_store_op,
 };
-use opsdata_io::{ACKS_CONTENT_TYPE, Ack, FRAMES_PATH, TlsIdentity};
+use opsdata_io::{ACKS_CONTENT_TYPE, Ack, FRAMES_PATH};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::pki;
-
-/// The test PKI: a service CA and certificate (`localhost`, `127.0.0.1`),
-/// an enrollment CA issuing agent certificates.
-pub struct Pki {
-    pub now: DateTime<Utc>,
-    pub enrollment: pki::Ca,
-    pub service_ca: pki::Ca,
-    pub service: pki::Issued,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let now = DateTime::<Utc>::from(std::time::SystemTime::now());
-        let enrollment = pki::ca("test enrollment CA", now).unwrap();
-        let service_ca = pki::ca("test service CA", now).unwrap();
-        let service = pki::service(&service_ca, &["localhost", "127.0.0.1"], now).unwrap();
-        Pki {
-            now,
-            enrollment,
-            service_ca,
-            service,
-        }
-    }
-
-    /// A new agent certificate for `workspace`.
-    pub fn agent(&self, workspace: &str) -> pki::Issued {
-        pki::agent(
-            &self.enrollment,
-            workspace,
-            &uuid::Uuid::new_v4().to_string(),
-            self.now,
-        )
-        .unwrap()
-    }
-
-    /// What the agent trusts: the service CA.
-    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.service_ca.der.clone()]
-    }
-}
-
-pub fn identity(issued: &pki::Issued) -> TlsIdentity {
-    TlsIdentity::new(
-        vec![issued.der.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
-    )
-    .unwrap()
-}
+#[allow(unused_imports)]
+pub use super::pki_support::{Pki, identity};
 
 /// What the server answers.
 #[derive(Debug, Clone)]

@@ -19,17 +19,18 @@ use opsdata::{
 };
 use opsdata_io::{
     ACK_LEN, Ack, AsyncBlobStore, BlobError, Clock, IngestService, MemoryBlobs, PutOutcome,
-    ServeConfig, ServiceLimits, TlsIdentity,
+    ServiceLimits,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tokio_rustls::TlsConnector;
 use uuid::Uuid;
 
-#[allow(dead_code)]
-#[path = "../../examples/support/pki.rs"]
-pub mod pki;
+#[path = "../pki_support/mod.rs"]
+mod pki_support;
+#[allow(unused_imports)]
+pub use pki_support::{Pki, identity, pki};
 
 pub const WS_A: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 pub const WS_B: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
@@ -53,74 +54,6 @@ impl FakeClock {
         let c = self.0.clone();
         Arc::new(move || DateTime::from_timestamp_millis(c.load(Ordering::SeqCst)).unwrap())
     }
-}
-
-pub struct Pki {
-    pub now: DateTime<Utc>,
-    pub enrollment: pki::Ca,
-    pub service_ca: pki::Ca,
-    pub service: pki::Issued,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let now = Utc::now();
-        let enrollment = pki::ca("test enrollment CA", now).unwrap();
-        let service_ca = pki::ca("test service CA", now).unwrap();
-        let service = pki::service(&service_ca, &["localhost", "127.0.0.1"], now).unwrap();
-        Pki {
-            now,
-            enrollment,
-            service_ca,
-            service,
-        }
-    }
-
-    pub fn agent(&self, workspace: &str) -> pki::Issued {
-        pki::agent(
-            &self.enrollment,
-            workspace,
-            &Uuid::new_v4().to_string(),
-            self.now,
-        )
-        .unwrap()
-    }
-
-    pub fn serve_config(&self) -> ServeConfig {
-        ServeConfig::new(identity(&self.service), vec![self.enrollment.der.clone()])
-    }
-
-    /// A client config presenting `issued` (or no certificate), speaking
-    /// `alpn`.
-    pub fn client(&self, issued: Option<&pki::Issued>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.service_ca.der.clone()).unwrap();
-        let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let mut config = match issued {
-            Some(i) => b
-                .with_client_auth_cert(
-                    vec![i.der.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(i.key_der.clone())),
-                )
-                .unwrap(),
-            None => b.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Arc::new(config)
-    }
-}
-
-pub fn identity(issued: &pki::Issued) -> TlsIdentity {
-    TlsIdentity::new(
-        vec![issued.der.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone())),
-    )
-    .unwrap()
 }
 
 pub fn t0() -> DateTime<Utc> {
