@@ -390,6 +390,53 @@ fn regression_a_sealed_frame_that_does_not_open_is_a_reported_loss_not_a_failed_
 }
 
 #[test]
+fn regression_a_spoolkey_naming_a_later_segment_is_refused_before_anything_is_touched() {
+    // Found by `spool_recovery`: a `SPOOLKEY` saying sealing began at a
+    // segment past the one after the directory's last (segments lost, or
+    // another directory's `SPOOLKEY`) was refused only after recovery had
+    // written the directory: here, given a torn tail's header.
+    let base = dir("later-since");
+    let (low, high, key) = (base.join("low"), base.join("high"), base.join("spool.key"));
+    {
+        // A plain spool rolled to its sixth segment, then protected: its
+        // `SPOOLKEY` names the seventh.
+        let plain = config().with_sealed_at_rest(false).unwrap();
+        let (mut spool, _) = FileSpool::open(&high, plain).unwrap();
+        let mut n = 0;
+        while spool.segments() < 6 {
+            let f = secret(n, 20);
+            spool.persist(f.batch_id(), &f).unwrap();
+            n += 1;
+        }
+        drop(spool);
+        let (_spool, _) = FileSpool::open_protected(&high, config(), protection(&key)).unwrap();
+        // A protected spool in one segment, under the same key.
+        let (mut spool, _) = FileSpool::open_protected(&low, config(), protection(&key)).unwrap();
+        let f = secret(100, 1);
+        spool.persist(f.batch_id(), &f).unwrap();
+    }
+    let own = fs::read(low.join("SPOOLKEY")).unwrap();
+    fs::copy(high.join("SPOOLKEY"), low.join("SPOOLKEY")).unwrap();
+    // And a torn tail: a new segment file cut short in its header.
+    let segs: Vec<String> = snapshot(&low)
+        .into_keys()
+        .filter(|n| n.starts_with("seg-"))
+        .collect();
+    assert_eq!(segs.last().unwrap(), &format!("seg-{:016x}.log", 2));
+    fs::write(low.join(format!("seg-{:016x}.log", 3)), [0x89, 0x4f]).unwrap();
+    let before = snapshot(&low);
+
+    let err = FileSpool::open_protected(&low, config(), protection(&key)).unwrap_err();
+    assert!(matches!(err, SpoolError::KeysFile { .. }), "{err:?}");
+    assert_eq!(snapshot(&low), before, "nothing in the directory changed");
+    // Its own `SPOOLKEY` back, everything recovers.
+    fs::write(low.join("SPOOLKEY"), own).unwrap();
+    let (mut spool, rec) = FileSpool::open_protected(&low, config(), protection(&key)).unwrap();
+    assert!(rec.damaged_frames.is_empty(), "{rec:?}");
+    assert_eq!(load(&mut spool), vec![secret(100, 1).as_bytes().clone()]);
+}
+
+#[test]
 fn turning_protection_on_converts_nothing_and_seals_what_comes_after() {
     let base = dir("turn-on");
     let (d, key) = (base.join("spool"), base.join("spool.key"));

@@ -211,6 +211,11 @@ impl FileSpool {
             self.roll()?;
         }
         if self.tail_seg < since {
+            // Not reached for a `SPOOLKEY` read at open: recovery refused
+            // one naming a segment past the one after its last, before
+            // touching anything, and the tail is that last segment or the
+            // one after it. Kept as an error, not a panic, because this
+            // guards what the file says.
             return Err(SpoolError::KeysFile {
                 reason: "protected from a segment past the next",
             });

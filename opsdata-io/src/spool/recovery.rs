@@ -352,7 +352,8 @@ impl FileSpool {
     /// unless `config` is sealed at rest; [`SpoolError::KeyMissing`] if
     /// the spool is protected and the store has no key;
     /// [`SpoolError::WrongKey`] if the store's key is not the spool's;
-    /// [`SpoolError::KeysFile`] if `SPOOLKEY` is malformed;
+    /// [`SpoolError::KeysFile`] if `SPOOLKEY` is malformed or names a first
+    /// sealed segment past the one after the directory's last;
     /// [`SpoolError::KeyStore`] if the store fails.
     pub fn open_protected(
         dir: impl AsRef<Path>,
@@ -414,11 +415,6 @@ impl FileSpool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_error("read", &ckpt_path)(e)),
         };
-        let tmp = dir.join(CHECKPOINT_TMP);
-        if tmp.exists() {
-            fs::remove_file(&tmp).map_err(io_error("remove", &tmp))?;
-        }
-
         let mut found = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
             let entry = entry.map_err(io_error("list", &dir))?;
@@ -427,6 +423,28 @@ impl FileSpool {
             }
         }
         found.sort_unstable();
+        // `SPOOLKEY` names the first segment sealed frames may be in: the
+        // one after the tail when protection was turned on. The tail is
+        // never deleted, so a directory whose last segment is before the
+        // one it names has lost segments (or holds another directory's
+        // `SPOOLKEY`). Refused here, like the key's other errors, before
+        // anything in the directory is touched.
+        if let Some(o) = opened.as_ref().filter(|o| !o.new) {
+            let last = found
+                .iter()
+                .copied()
+                .rfind(|&s| s >= first)
+                .unwrap_or(first.max(1));
+            if last.saturating_add(1) < o.protected.since {
+                return Err(SpoolError::KeysFile {
+                    reason: "protected from a segment past the next",
+                });
+            }
+        }
+        let tmp = dir.join(CHECKPOINT_TMP);
+        if tmp.exists() {
+            fs::remove_file(&tmp).map_err(io_error("remove", &tmp))?;
+        }
         let mut segments = Vec::new();
         for seg in found {
             if seg < first {
