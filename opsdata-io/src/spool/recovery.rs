@@ -224,10 +224,12 @@ impl FileSpool {
             .filter(|(_, loc)| loc.kek.is_some())
             .map(|(id, loc)| (*id, *loc))
             .collect();
+        let limits = self.config.limits;
         let mut removed = false;
         for (id, loc) in sealed {
             let bytes = Bytes::from(self.read_entry(loc)?);
-            let limits = self.config.limits;
+            // Borrowed anew each time (`remove` needs the spool mutably);
+            // checked above, so the `break` is not taken.
             let Some(p) = self.protection.as_ref() else {
                 break;
             };
